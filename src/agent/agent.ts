@@ -1,0 +1,215 @@
+/**
+ * The composition root: one Agent per host owns every service (identity, store,
+ * libp2p node, peer table, local API, debug REPL) and their lifecycle. The HTTP API,
+ * the CLI and the REPL are thin clients of this object.
+ */
+import '../polyfill.js'
+import { rmSync, writeFileSync } from 'node:fs'
+import { arch, cpus, loadavg, platform, release } from 'node:os'
+import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { AgentConfig } from './config.js'
+import { prepareDataDir, type DataDirPaths } from './datadir.js'
+import { createLogger, type Logger } from './logger.js'
+import { loadOrCreateIdentity } from '../identity/index.js'
+import { Store } from '../store/index.js'
+import { createNode, type EdgelinkNode } from '../net/node.js'
+import { PeerTable, type PeerEntry } from '../net/peers.js'
+import { ApiServer } from '../api/server.js'
+import { ReplServer } from '../repl/server.js'
+import { AGENT_VERSION } from '../version.js'
+import { EdgelinkError, errorMessage } from '../errors.js'
+
+export interface AgentInit {
+  /** Absolute path of the data dir. */
+  dataDir: string
+  config: AgentConfig
+  /** Logger to use; by default JSON lines on stdout at `config.logLevel`. */
+  logger?: Logger
+}
+
+/** This host as the API reports it. Group fields are null until the host is linked. */
+export interface HostStatus {
+  peerId: string
+  hostname: string
+  addresses: string[]
+  agentVersion: string
+  uptimeMs: number
+  startedAt: string
+  os: { platform: string, release: string, arch: string }
+  cpus: number
+  load: number[]
+  groupId: string | null
+  role: 'leader' | 'follower' | null
+  leader: string | null
+  term: number | null
+  rosterVersion: number | null
+}
+
+interface Running {
+  status: 'running'
+  store: Store
+  node: EdgelinkNode
+  peers: PeerTable
+  api: ApiServer
+  repl: ReplServer
+  startedAt: number
+}
+
+type AgentState =
+  | { status: 'stopped' }
+  | { status: 'starting' }
+  | Running
+  | { status: 'stopping' }
+
+export class Agent {
+  readonly config: AgentConfig
+  readonly paths: DataDirPaths
+  readonly log: Logger
+  private state: AgentState = { status: 'stopped' }
+
+  constructor (init: AgentInit) {
+    this.config = init.config
+    this.paths = prepareDataDir(init.dataDir).paths
+    this.log = init.logger ?? createLogger({ level: init.config.logLevel, name: init.config.hostname })
+  }
+
+  get status (): AgentState['status'] {
+    return this.state.status
+  }
+
+  /** The libp2p node; throws if the agent is not running. */
+  get node (): EdgelinkNode { return this.running().node }
+  get store (): Store { return this.running().store }
+  get peerId (): string { return this.running().node.peerId.toString() }
+
+  /**
+   * Start every service. Fails (leaving nothing running) if another agent holds the
+   * data dir, the identity key is unreadable, or a listen address is taken.
+   */
+  async start (): Promise<void> {
+    if (this.state.status === 'running' || this.state.status === 'starting') return
+    if (this.state.status === 'stopping') throw new EdgelinkError('the agent is stopping; start it again once it has stopped', 'AGENT_STOPPING', 409)
+    this.state = { status: 'starting' }
+    const started = Date.now()
+    const undo: Array<() => Promise<void>> = []
+    try {
+      const { tightened } = prepareDataDir(this.paths.root)
+      if (tightened) this.log.warn({ dataDir: this.paths.root }, 'data dir was readable by others; permissions tightened to 0700')
+      const store = await Store.open({ location: this.paths.store, pidFile: this.paths.pidFile })
+      undo.push(async () => { await store.close() })
+      // We hold the store lock, so we own the data dir: the pid file and any sockets left here are ours or stale.
+      writeFileSync(this.paths.pidFile, JSON.stringify({ pid: process.pid, startedAt: new Date(started).toISOString() }) + '\n', { mode: 0o600 })
+      undo.push(async () => { rmSync(this.paths.pidFile, { force: true }) })
+
+      const identity = await loadOrCreateIdentity(this.paths.identityKey)
+      if (identity.tightened) this.log.warn({ file: this.paths.identityKey }, 'identity key file was readable by others; permissions tightened to 0600')
+      const node = await createNode(this.config, identity.privateKey)
+      const peers = new PeerTable(node)
+      peers.start()
+      await node.start()
+      undo.push(async () => { peers.stop(); await node.stop() })
+
+      const api = new ApiServer(this, this.paths.apiSocket, this.log.child({ component: 'agent:api' }))
+      const repl = new ReplServer(this, this.paths.replSocket, this.log.child({ component: 'agent:repl' }))
+      this.state = { status: 'running', store, node, peers, api, repl, startedAt: started }
+      await api.start()
+      undo.push(async () => { await api.stop() })
+      await repl.start()
+
+      this.log.info({
+        peerId: node.peerId.toString(),
+        hostname: this.config.hostname,
+        addresses: node.getMultiaddrs().map(String),
+        mdns: this.config.mdns.enabled,
+        created: identity.created,
+        startMs: Date.now() - started
+      }, 'agent started')
+      this.dialConfiguredPeers()
+    } catch (err) {
+      for (const fn of undo.reverse()) {
+        await fn().catch(e => { this.log.error({ err: errorMessage(e) }, 'cleanup after failed start') })
+      }
+      this.state = { status: 'stopped' }
+      throw err
+    }
+  }
+
+  /** Stop every service: network first so no new work arrives, store last. Idempotent. */
+  async stop (): Promise<void> {
+    if (this.state.status !== 'running') return
+    const running = this.state
+    this.state = { status: 'stopping' }
+    const step = async (what: string, fn: () => Promise<void> | void): Promise<void> => {
+      try { await fn() } catch (err) { this.log.error({ err: errorMessage(err) }, `error while stopping ${what}`) }
+    }
+    await step('repl', async () => { await running.repl.stop() })
+    await step('api', async () => { await running.api.stop() })
+    await step('peer table', () => { running.peers.stop() })
+    await step('libp2p', async () => { await running.node.stop() })
+    await step('store', async () => { await running.store.close() })
+    rmSync(this.paths.pidFile, { force: true })
+    this.state = { status: 'stopped' }
+    this.log.info('agent stopped')
+  }
+
+  hostStatus (): HostStatus {
+    const r = this.running()
+    return {
+      peerId: r.node.peerId.toString(),
+      hostname: this.config.hostname,
+      addresses: r.node.getMultiaddrs().map(String),
+      agentVersion: AGENT_VERSION,
+      uptimeMs: Date.now() - r.startedAt,
+      startedAt: new Date(r.startedAt).toISOString(),
+      os: { platform: platform(), release: release(), arch: arch() },
+      cpus: cpus().length,
+      load: loadavg(),
+      groupId: null,
+      role: null,
+      leader: null,
+      term: null,
+      rosterVersion: null
+    }
+  }
+
+  peerList (): PeerEntry[] {
+    return this.running().peers.list()
+  }
+
+  /** Dial a multiaddr (it must end in /p2p/<PeerId>); returns the remote PeerId. */
+  async dial (address: string, signal?: AbortSignal): Promise<string> {
+    const r = this.running()
+    const ma = multiaddr(address)
+    const conn = await r.node.dial(ma, { signal: signal ?? AbortSignal.timeout(10_000) })
+    return conn.remotePeer.toString()
+  }
+
+  /** Round-trip time to a peer in milliseconds. */
+  async ping (peer: string, signal?: AbortSignal): Promise<number> {
+    const r = this.running()
+    const target = peer.startsWith('/') ? multiaddr(peer) : peerIdFromString(peer)
+    return await r.node.services.ping.ping(target, { signal: signal ?? AbortSignal.timeout(10_000) })
+  }
+
+  private dialConfiguredPeers (): void {
+    const r = this.running()
+    for (const address of this.config.peers) {
+      const ma = multiaddr(address)
+      const id = ma.getComponents().find(c => c.name === 'p2p')?.value
+      if (id != null) r.peers.noteConfigured(peerIdFromString(id), address)
+      r.node.dial(ma, { signal: AbortSignal.timeout(10_000) }).then(conn => {
+        this.log.info({ peer: conn.remotePeer.toString(), address }, 'connected to configured peer')
+      }, err => {
+        this.log.warn({ address, err: errorMessage(err) }, 'cannot reach configured peer; will keep listening for it')
+      })
+    }
+  }
+
+  private running (): Running {
+    if (this.state.status !== 'running') {
+      throw new EdgelinkError(`the agent is ${this.state.status}`, 'AGENT_NOT_RUNNING', 503)
+    }
+    return this.state
+  }
+}

@@ -1,0 +1,255 @@
+/**
+ * Agent configuration: defaults that work with no file, then a config file (JSON or
+ * YAML), then `EDGELINK_*` environment variables, then command-line flags. Each layer
+ * overrides the one before it key by key. The merged result is validated with zod;
+ * an invalid value names the key, where it came from, the value and what is allowed.
+ */
+import { readFileSync } from 'node:fs'
+import { hostname as osHostname } from 'node:os'
+import { parse as parseYaml } from 'yaml'
+import { z } from 'zod'
+import { multiaddr } from '@multiformats/multiaddr'
+import { ConfigError, errorMessage } from '../errors.js'
+import { parseDuration } from '../util/duration.js'
+
+/** TCP port the agent listens on by default: fixed, so restarted hosts find each other at stored addresses. */
+export const DEFAULT_PORT = 4100
+/** mDNS service tag: only edgelink agents answer it, so other libp2p software on the LAN is not listed. */
+export const DEFAULT_MDNS_SERVICE_TAG = '_edgelink._udp.local'
+/** mDNS query interval: a LAN host shows up in `peers` within one interval; 5 s keeps multicast chatter negligible. */
+export const DEFAULT_MDNS_INTERVAL_MS = 5_000
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
+const duration = (what: string): z.ZodType<number> => z.union([z.number(), z.string()])
+  .transform((v, ctx) => {
+    const ms = typeof v === 'number' ? v : parseDuration(v)
+    if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what} as a duration such as 500ms, 10s or 2m` })
+      return z.NEVER
+    }
+    return ms
+  })
+
+const multiaddrString = z.string().superRefine((v, ctx) => {
+  try {
+    multiaddr(v)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: 'expected a multiaddr such as /ip4/0.0.0.0/tcp/4100' })
+  }
+})
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT such as 127.0.0.1:8080')
+
+export const configSchema = z.object({
+  /** Name shown to operators; defaults to the machine's hostname. */
+  hostname: z.string().min(1).max(253).regex(/^[\w.-]+$/, 'expected letters, digits, dot, dash or underscore'),
+  /** Multiaddrs to listen on. */
+  listen: z.array(multiaddrString).min(1, 'expected at least one listen address'),
+  /** Multiaddrs to announce instead of the listen addresses (NAT, port forwards). */
+  announce: z.array(multiaddrString),
+  /** Multiaddrs of peers to dial at start (used where mDNS is off). */
+  peers: z.array(multiaddrString),
+  mdns: z.object({
+    enabled: z.boolean(),
+    serviceTag: z.string().min(1),
+    interval: duration('mdns.interval')
+  }).strict(),
+  /** HOST:PORT for the Local UI's HTTP listener, or null for none. */
+  ui: hostPort.nullable(),
+  logLevel: z.enum(LOG_LEVELS),
+  /** Operator labels reported in this host's status. */
+  labels: z.record(z.string().regex(/^[\w.-]{1,63}$/, 'expected a label key of letters, digits, dot, dash or underscore'), z.string().max(256)),
+  net: z.object({
+    /** Multiaddr ranges never rate limited (libp2p limits inbound connections per host to 5/s), e.g. /ip4/127.0.0.0/ipcidr/8. */
+    allow: z.array(multiaddrString),
+    /** Maximum simultaneous connections; a LAN group is small, this bounds a noisy neighbour. */
+    maxConnections: z.number().int().min(1).max(10_000)
+  }).strict()
+}).strict()
+
+export type AgentConfig = z.infer<typeof configSchema>
+
+/** Configuration input as written by a person: every field optional, durations as strings allowed. */
+export type AgentConfigInput = z.input<typeof configSchema>
+
+export function defaultConfig (): AgentConfigInput {
+  return {
+    hostname: osHostname().replace(/[^\w.-]/g, '-') || 'edgelink',
+    listen: [`/ip4/0.0.0.0/tcp/${DEFAULT_PORT}`],
+    announce: [],
+    peers: [],
+    mdns: { enabled: true, serviceTag: DEFAULT_MDNS_SERVICE_TAG, interval: DEFAULT_MDNS_INTERVAL_MS },
+    ui: null,
+    logLevel: 'info',
+    labels: {},
+    net: { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'], maxConnections: 300 }
+  }
+}
+
+type Kind = 'string' | 'list' | 'bool' | 'duration' | 'nullable'
+
+/** Environment variables and the config keys they set. Lists are comma separated. */
+export const ENV_KEYS: Record<string, { path: string[], kind: Kind }> = {
+  EDGELINK_HOSTNAME: { path: ['hostname'], kind: 'string' },
+  EDGELINK_LISTEN: { path: ['listen'], kind: 'list' },
+  EDGELINK_ANNOUNCE: { path: ['announce'], kind: 'list' },
+  EDGELINK_PEERS: { path: ['peers'], kind: 'list' },
+  EDGELINK_MDNS: { path: ['mdns', 'enabled'], kind: 'bool' },
+  EDGELINK_MDNS_SERVICE_TAG: { path: ['mdns', 'serviceTag'], kind: 'string' },
+  EDGELINK_MDNS_INTERVAL: { path: ['mdns', 'interval'], kind: 'duration' },
+  EDGELINK_UI: { path: ['ui'], kind: 'nullable' },
+  EDGELINK_LOG_LEVEL: { path: ['logLevel'], kind: 'string' }
+}
+
+/** One layer of configuration and where it came from, for error messages. */
+export interface ConfigLayer {
+  source: string
+  values: Record<string, unknown>
+}
+
+export interface LoadConfigOptions {
+  /** Path of a JSON or YAML config file. */
+  file?: string
+  /** Environment to read `EDGELINK_*` from. @default process.env */
+  env?: NodeJS.ProcessEnv
+  /** Values from command-line flags (already in config shape). */
+  flags?: Record<string, unknown>
+  /** Overrides applied last, for tests (shortened timers). */
+  overrides?: Record<string, unknown>
+}
+
+/**
+ * Build the effective configuration.
+ *
+ * @example
+ * ```ts
+ * const config = loadConfig({ file: '/etc/edgelink.yaml', flags: { mdns: { enabled: false } } })
+ * ```
+ */
+export function loadConfig (opts: LoadConfigOptions = {}): AgentConfig {
+  const layers: ConfigLayer[] = [{ source: 'defaults', values: defaultConfig() as Record<string, unknown> }]
+  if (opts.file != null) layers.push({ source: `config file ${opts.file}`, values: readConfigFile(opts.file) })
+  layers.push(...envLayers(opts.env ?? process.env))
+  if (opts.flags != null) layers.push({ source: 'command-line flags', values: opts.flags })
+  if (opts.overrides != null) layers.push({ source: 'overrides', values: opts.overrides })
+  return resolveLayers(layers)
+}
+
+export function resolveLayers (layers: ConfigLayer[]): AgentConfig {
+  const sources = new Map<string, string>()
+  let merged: Record<string, unknown> = {}
+  for (const layer of layers) {
+    merged = mergeInto(merged, layer.values, [], layer.source, sources)
+  }
+  const result = configSchema.safeParse(merged)
+  if (result.success) return result.data
+  const blamed: string[] = []
+  const lines = result.error.issues.slice(0, 5).map(issue => {
+    const key = issue.path.join('.')
+    const source = sourceOf(sources, issue.path.map(String))
+    blamed.push(issue.code === 'unrecognized_keys' ? sourceOf(sources, [...issue.path.map(String), issue.keys[0]]) : source)
+    if (issue.code === 'unrecognized_keys') {
+      const where = key === '' ? '' : ` under \`${key}\``
+      const allowed = allowedKeys(issue.path.map(String))
+      return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map(k => `\`${k}\``).join(', ')}${where} (from ${sourceOf(sources, [...issue.path.map(String), issue.keys[0]])}); allowed: ${allowed.join(', ')}`
+    }
+    const value = valueAt(merged, issue.path.map(String))
+    return `invalid value for \`${key}\` (from ${source}): ${JSON.stringify(value) ?? 'undefined'}: ${issue.message}`
+  })
+  throw new ConfigError(lines.join('; '), blamed)
+}
+
+function readConfigFile (file: string): Record<string, unknown> {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}; check the path given to --config`)
+  }
+  let parsed: unknown
+  try {
+    parsed = /\.json$/i.test(file) ? JSON.parse(text) : parseYaml(text, { maxAliasCount: 100 })
+  } catch (err) {
+    const msg = errorMessage(err).split('\n')[0]
+    throw new ConfigError(`config file ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${msg}`)
+  }
+  if (parsed == null) return {}
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new ConfigError(`config file ${file} must contain a mapping of keys to values, got ${Array.isArray(parsed) ? 'a list' : typeof parsed}`)
+  }
+  return parsed as Record<string, unknown>
+}
+
+function envLayers (env: NodeJS.ProcessEnv): ConfigLayer[] {
+  const layers: ConfigLayer[] = []
+  for (const [name, { path, kind }] of Object.entries(ENV_KEYS)) {
+    const raw = env[name]
+    if (raw === undefined) continue
+    let value: unknown = raw
+    if (kind === 'list') value = raw.split(',').map(s => s.trim()).filter(s => s !== '')
+    else if (kind === 'bool') value = parseBool(raw, name)
+    else if (kind === 'nullable') value = raw === '' || raw === 'none' ? null : raw
+    layers.push({ source: `environment variable ${name}`, values: setPath({}, path, value) })
+  }
+  return layers
+}
+
+export function parseBool (raw: string, name: string): boolean {
+  const v = raw.trim().toLowerCase()
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true
+  if (['0', 'false', 'no', 'off'].includes(v)) return false
+  throw new ConfigError(`invalid value for ${name}: ${JSON.stringify(raw)}: expected true or false`, [`environment variable ${name}`])
+}
+
+function isPlainObject (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** Deep-merge plain objects; arrays and scalars replace. Records which layer set each leaf. */
+function mergeInto (base: Record<string, unknown>, over: Record<string, unknown>, path: string[], source: string, sources: Map<string, string>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base }
+  for (const [k, v] of Object.entries(over)) {
+    const p = [...path, k]
+    // `labels` is a record of values chosen by the operator: replace it whole, never merge defaults into it.
+    if (isPlainObject(v) && isPlainObject(out[k]) && k !== 'labels') {
+      out[k] = mergeInto(out[k] as Record<string, unknown>, v, p, source, sources)
+    } else {
+      out[k] = v
+      sources.set(p.join('.'), source)
+    }
+  }
+  return out
+}
+
+function sourceOf (sources: Map<string, string>, path: string[]): string {
+  for (let i = path.length; i > 0; i--) {
+    const s = sources.get(path.slice(0, i).join('.'))
+    if (s != null) return s
+  }
+  return 'defaults'
+}
+
+function valueAt (obj: unknown, path: string[]): unknown {
+  let cur: unknown = obj
+  for (const p of path) {
+    if (cur == null || typeof cur !== 'object') return undefined
+    cur = (cur as Record<string, unknown>)[p]
+  }
+  return cur
+}
+
+function allowedKeys (path: string[]): string[] {
+  const v = valueAt(defaultConfig(), path)
+  return isPlainObject(v) ? Object.keys(v) : []
+}
+
+export function setPath (obj: Record<string, unknown>, path: string[], value: unknown): Record<string, unknown> {
+  let cur = obj
+  for (const p of path.slice(0, -1)) {
+    if (!isPlainObject(cur[p])) cur[p] = {}
+    cur = cur[p] as Record<string, unknown>
+  }
+  cur[path[path.length - 1]] = value
+  return obj
+}

@@ -1,0 +1,49 @@
+/**
+ * The `edgelink` command line. Each command lives in its own file under commands/:
+ * parse, call the agent's API, print, return an exit code.
+ * Exit status: 0 success; 1 failure with one clear line on stderr; 2 usage error.
+ */
+import { Command, CommanderError } from 'commander'
+import { AGENT_VERSION } from '../version.js'
+import { CliError, EXIT_USAGE } from './errors.js'
+import { registerAgent } from './commands/agent.js'
+import { registerStatus } from './commands/status.js'
+import { registerPeers } from './commands/peers.js'
+import { registerRepl } from './commands/repl.js'
+
+export function buildProgram (): Command {
+  const program = new Command('edgelink')
+    .description('Link hosts at an edge site into a group over their LAN')
+    .version(AGENT_VERSION, '-V, --version')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ writeErr: s => { process.stderr.write(s) } })
+  program.addHelpText('after', '\nEvery command takes --data-dir DIR (default $EDGELINK_HOME, else ~/.edgelink) and --json.')
+  registerAgent(program)
+  registerStatus(program)
+  registerPeers(program)
+  registerRepl(program)
+  for (const cmd of program.commands) cmd.exitOverride()
+  return program
+}
+
+export async function main (argv: string[]): Promise<number> {
+  const program = buildProgram()
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return typeof process.exitCode === 'number' ? process.exitCode : 0
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(err.code)) return 0
+      if (err.code === 'commander.executeSubCommandAsync') return 1
+      // Commander already printed the message; a usage error exits 2.
+      return EXIT_USAGE
+    }
+    if (err instanceof CliError) {
+      process.stderr.write(`edgelink: ${err.message}\n`)
+      return err.exitCode
+    }
+    process.stderr.write(`edgelink: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`)
+    return 1
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * The libp2p node: TCP, Noise, yamux, identify, ping, mDNS (with edgelink's own
+ * service tag, so only edgelink agents are found) and gossipsub.
+ */
+import '../polyfill.js'
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, type Identify } from '@libp2p/identify'
+import { ping, type Ping } from '@libp2p/ping'
+import { mdns } from '@libp2p/mdns'
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import type { PrivateKey } from '@libp2p/interface'
+import type { AgentConfig } from '../agent/config.js'
+import { AGENT_VERSION, USER_AGENT } from '../version.js'
+
+export interface EdgelinkServices extends Record<string, unknown> {
+  identify: Identify
+  ping: Ping
+  pubsub: GossipSub
+}
+
+export type EdgelinkNode = Libp2p<EdgelinkServices>
+
+/**
+ * Gossipsub tuned for a LAN group of a handful to a few dozen hosts:
+ * - D=6 (default) already reaches every member of a small group in one hop;
+ * - heartbeat 700 ms (default 1 s) repairs the mesh quickly after a host returns;
+ * - flood publishing on: our own messages go to every subscribed peer at once, so
+ *   a status change is seen in one round trip, not after mesh gossip;
+ * - publishing with zero topic peers allowed: a group of one still "publishes".
+ * Signing and topic validation are configured by the group service (StrictSign).
+ */
+export const GOSSIP_HEARTBEAT_MS = 700
+
+export async function createNode (config: AgentConfig, privateKey: PrivateKey): Promise<EdgelinkNode> {
+  const peerDiscovery = config.mdns.enabled
+    ? [mdns({ serviceTag: config.mdns.serviceTag, interval: config.mdns.interval, peerName: config.hostname })]
+    : []
+  return await createLibp2p({
+    privateKey,
+    start: false,
+    addresses: { listen: config.listen, announce: config.announce },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery,
+    nodeInfo: { name: 'edgelink', version: AGENT_VERSION, userAgent: USER_AGENT },
+    connectionManager: {
+      maxConnections: config.net.maxConnections,
+      allow: config.net.allow
+    },
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        allowPublishToZeroTopicPeers: true,
+        floodPublish: true,
+        heartbeatInterval: GOSSIP_HEARTBEAT_MS,
+        emitSelf: false
+      })
+    }
+  })
+}
