@@ -16,6 +16,8 @@ import { Store } from '../store/index.js'
 import { createNode, type EdgelinkNode } from '../net/node.js'
 import { PeerTable, type PeerEntry } from '../net/peers.js'
 import { ApiServer } from '../api/server.js'
+import { AuditLog } from '../audit/index.js'
+import { GroupService } from '../group/service.js'
 import { ReplServer } from '../repl/server.js'
 import { AGENT_VERSION } from '../version.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
@@ -51,6 +53,7 @@ interface Running {
   store: Store
   node: EdgelinkNode
   peers: PeerTable
+  group: GroupService
   api: ApiServer
   repl: ReplServer
   startedAt: number
@@ -82,6 +85,7 @@ export class Agent {
   get node (): EdgelinkNode { return this.running().node }
   get store (): Store { return this.running().store }
   get peerId (): string { return this.running().node.peerId.toString() }
+  get group (): GroupService { return this.running().group }
 
   /**
    * Start every service. Fails (leaving nothing running) if another agent holds the
@@ -109,10 +113,14 @@ export class Agent {
       peers.start()
       await node.start()
       undo.push(async () => { peers.stop(); await node.stop() })
+      const audit = new AuditLog(this.paths.auditLog, this.log.child({ component: 'agent:audit' }))
+      const group = new GroupService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:group' }), audit })
+      await group.start()
+      undo.push(async () => { await group.stop() })
 
       const api = new ApiServer(this, this.paths.apiSocket, this.log.child({ component: 'agent:api' }))
       const repl = new ReplServer(this, this.paths.replSocket, this.log.child({ component: 'agent:repl' }))
-      this.state = { status: 'running', store, node, peers, api, repl, startedAt: started }
+      this.state = { status: 'running', store, node, peers, group, api, repl, startedAt: started }
       await api.start()
       undo.push(async () => { await api.stop() })
       await repl.start()
@@ -145,6 +153,7 @@ export class Agent {
     }
     await step('repl', async () => { await running.repl.stop() })
     await step('api', async () => { await running.api.stop() })
+    await step('group', async () => { await running.group.stop() })
     await step('peer table', () => { running.peers.stop() })
     await step('libp2p', async () => { await running.node.stop() })
     await step('store', async () => { await running.store.close() })
@@ -165,11 +174,7 @@ export class Agent {
       os: { platform: platform(), release: release(), arch: arch() },
       cpus: cpus().length,
       load: loadavg(),
-      groupId: null,
-      role: null,
-      leader: null,
-      term: null,
-      rosterVersion: null
+      ...r.group.statusFields()
     }
   }
 

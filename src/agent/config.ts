@@ -19,6 +19,9 @@ export const DEFAULT_MDNS_SERVICE_TAG = '_edgelink._udp.local'
 /** mDNS query interval: a LAN host shows up in `peers` within one interval; 5 s keeps multicast chatter negligible. */
 export const DEFAULT_MDNS_INTERVAL_MS = 5_000
 
+/** Default token lifetime: long enough to walk to the other host and paste, short enough to be useless if leaked. */
+export const DEFAULT_TOKEN_TTL_MS = 2 * 60 * 1000
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 const duration = (what: string): z.ZodType<number> => z.union([z.number(), z.string()])
@@ -60,6 +63,22 @@ export const configSchema = z.object({
   logLevel: z.enum(LOG_LEVELS),
   /** Operator labels reported in this host's status. */
   labels: z.record(z.string().regex(/^[\w.-]{1,63}$/, 'expected a label key of letters, digits, dot, dash or underscore'), z.string().max(256)),
+  group: z.object({
+    /** Lifetime of a join token when `token create` gives no --ttl (Palette uses 2 minutes). */
+    tokenTtl: duration('group.tokenTtl'),
+    /** Longest lifetime an operator may ask for: a token is a bearer credential. */
+    maxTokenTtl: duration('group.maxTokenTtl'),
+    /** Whole join exchange, dial excluded. */
+    joinTimeout: duration('group.joinTimeout'),
+    /** Dialling a host before it counts as unreachable. */
+    dialTimeout: duration('group.dialTimeout'),
+    /** One roster request/response. */
+    rpcTimeout: duration('group.rpcTimeout'),
+    /** How often disconnected members are dialled again. */
+    reconnectInterval: duration('group.reconnectInterval'),
+    /** How often the newest roster is pulled from a member (anti-entropy). */
+    antiEntropyInterval: duration('group.antiEntropyInterval')
+  }).strict(),
   net: z.object({
     /** Multiaddr ranges never rate limited (libp2p limits inbound connections per host to 5/s), e.g. /ip4/127.0.0.0/ipcidr/8. */
     allow: z.array(multiaddrString),
@@ -83,6 +102,15 @@ export function defaultConfig (): AgentConfigInput {
     ui: null,
     logLevel: 'info',
     labels: {},
+    group: {
+      tokenTtl: DEFAULT_TOKEN_TTL_MS,
+      maxTokenTtl: 24 * 60 * 60 * 1000,
+      joinTimeout: 10_000,
+      dialTimeout: 5_000,
+      rpcTimeout: 5_000,
+      reconnectInterval: 5_000,
+      antiEntropyInterval: 30_000
+    },
     net: { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'], maxConnections: 300 }
   }
 }
@@ -99,7 +127,8 @@ export const ENV_KEYS: Record<string, { path: string[], kind: Kind }> = {
   EDGELINK_MDNS_SERVICE_TAG: { path: ['mdns', 'serviceTag'], kind: 'string' },
   EDGELINK_MDNS_INTERVAL: { path: ['mdns', 'interval'], kind: 'duration' },
   EDGELINK_UI: { path: ['ui'], kind: 'nullable' },
-  EDGELINK_LOG_LEVEL: { path: ['logLevel'], kind: 'string' }
+  EDGELINK_LOG_LEVEL: { path: ['logLevel'], kind: 'string' },
+  EDGELINK_TOKEN_TTL: { path: ['group', 'tokenTtl'], kind: 'duration' }
 }
 
 /** One layer of configuration and where it came from, for error messages. */

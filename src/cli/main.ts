@@ -10,6 +10,11 @@ import { registerAgent } from './commands/agent.js'
 import { registerStatus } from './commands/status.js'
 import { registerPeers } from './commands/peers.js'
 import { registerRepl } from './commands/repl.js'
+import { registerHosts } from './commands/hosts.js'
+import { registerToken } from './commands/token.js'
+import { registerLink } from './commands/link.js'
+import { registerUnlink } from './commands/unlink.js'
+import { registerLeader } from './commands/leader.js'
 
 export function buildProgram (): Command {
   const program = new Command('edgelink')
@@ -22,8 +27,14 @@ export function buildProgram (): Command {
   registerAgent(program)
   registerStatus(program)
   registerPeers(program)
+  registerHosts(program)
+  registerToken(program)
+  registerLink(program)
+  registerUnlink(program)
+  registerLeader(program)
   registerRepl(program)
-  for (const cmd of program.commands) cmd.exitOverride()
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)]
+  for (const cmd of all(program)) cmd.exitOverride()
   return program
 }
 

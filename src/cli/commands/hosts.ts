@@ -1,0 +1,16 @@
+import type { Command } from 'commander'
+import type { HostRow } from '../../group/service.js'
+import { clientFor, withCommon, type CommonOptions } from '../common.js'
+import { ago, formatTable, printJson } from '../output.js'
+
+export function registerHosts (program: Command): void {
+  withCommon(program.command('hosts'))
+    .description('the linked hosts table: every member of this host\'s group')
+    .action(async (opts: CommonOptions) => {
+      const hosts = await clientFor(opts).get<HostRow[]>('/api/v1/hosts')
+      if (opts.json === true) { printJson(hosts); return }
+      if (hosts.length === 0) { process.stdout.write('This host is not linked. Start a group with `edgelink token create`, or join one with `edgelink link TOKEN`.\n'); return }
+      process.stdout.write(formatTable(['HOSTNAME', 'ROLE', 'PEER ID', 'ADDRESSES', 'CONNECTED', 'LAST SEEN'],
+        hosts.map(h => [h.hostname + (h.self ? ' (this host)' : ''), h.role, h.peerId, h.addresses.join(','), h.connected ? 'yes' : 'no', h.lastSeen == null ? 'never' : ago(Date.parse(h.lastSeen))])))
+    })
+}

@@ -1,0 +1,128 @@
+/**
+ * The follower's side of linking: check the token and this host's state, dial the
+ * pinned leader, prove the secret, store the offered roster and key, and wait for
+ * the leader to confirm a majority stored the change.
+ */
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { errorMessage } from '../errors.js'
+import { AGENT_VERSION } from '../version.js'
+import { u8 } from '../util/bytes.js'
+import { JoinError, GroupStateError, TokenError } from './errors.js'
+import { decodeToken, hex, isExpired } from './token.js'
+import { isMember, verifyRoster } from './roster.js'
+import { requestJoin, JoinStatus } from './join-protocol.js'
+import type { JoinResponse } from '../wire/join.js'
+import { decodeKey, type GroupService, type GroupStatusFields } from './service.js'
+import type { Membership } from './state.js'
+
+/** Follower-side wording for each refusal the leader can send. */
+const REFUSALS: Partial<Record<JoinStatus, string>> = {
+  [JoinStatus.UNKNOWN_TOKEN]: 'TOKEN_UNKNOWN',
+  [JoinStatus.EXPIRED]: 'TOKEN_EXPIRED',
+  [JoinStatus.USED]: 'TOKEN_USED',
+  [JoinStatus.REVOKED]: 'TOKEN_REVOKED',
+  [JoinStatus.BAD_SECRET]: 'TOKEN_BAD_SECRET',
+  [JoinStatus.WRONG_GROUP]: 'TOKEN_WRONG_GROUP',
+  [JoinStatus.ALREADY_MEMBER]: 'ALREADY_LINKED',
+  [JoinStatus.NOT_LEADER]: 'NOT_LEADER',
+  [JoinStatus.NO_QUORUM]: 'NO_QUORUM',
+  [JoinStatus.BAD_REQUEST]: 'BAD_REQUEST',
+  [JoinStatus.BUSY]: 'LEADER_BUSY',
+  [JoinStatus.NOT_IDLE]: 'NOT_IDLE'
+}
+
+export async function linkWithToken (svc: GroupService, tokenText: string): Promise<GroupStatusFields & { hosts: number }> {
+  const t = decodeToken(tokenText)
+  if (isExpired(t)) {
+    throw new TokenError(`the token expired at ${new Date(t.expiresAt).toISOString()}; ask the leader for a new one with \`edgelink token create\``, 'TOKEN_EXPIRED')
+  }
+  const groupId = hex(t.groupId)
+  const leader = t.leader.toString()
+  if (leader === svc.self) throw new JoinError('this token was issued by this host; run `edgelink link TOKEN` on the host that should join', 'TOKEN_OWN', 400)
+  const previous = svc.membership
+  if (previous != null) {
+    const r = previous.record.roster
+    if (r.groupId === groupId) throw new GroupStateError(`this host is already linked to group ${groupId}`, 'ALREADY_LINKED', 409)
+    if (r.leader !== svc.self) {
+      throw new GroupStateError(`this host is linked to group ${r.groupId} (leader ${r.leader}); unlink it first with \`edgelink unlink\``, 'NOT_IDLE', 409)
+    }
+    if (r.members.length > 1) {
+      throw new GroupStateError(`this host leads group ${r.groupId} with ${r.members.length - 1} follower(s); hand leadership over with \`edgelink leader relinquish --to HOST\` and unlink it before linking elsewhere`, 'NOT_IDLE', 409)
+    }
+  }
+
+  const { config, node, log } = svc.c
+  const req = {
+    groupId: u8(t.groupId),
+    tokenId: u8(t.tokenId),
+    secret: u8(t.secret),
+    hostname: config.hostname,
+    agentVersion: AGENT_VERSION,
+    addrs: svc.ownAddresses().slice(0, 16).map(a => u8(multiaddr(a).bytes))
+  }
+  let stored: Membership | undefined
+  const onOffer = async (offer: JoinResponse): Promise<{ persisted: boolean, message: string }> => {
+    try {
+      const record = await verifyRoster(offer.roster)
+      const r = record.roster
+      if (r.groupId !== groupId || r.leader !== leader || !isMember(r, svc.self)) {
+        return { persisted: false, message: 'offered roster does not match the token' }
+      }
+      const key = decodeKey(offer.groupKey)
+      stored = { record, key }
+      await svc.store(stored)
+      return { persisted: true, message: '' }
+    } catch (err) {
+      log.warn({ err: errorMessage(err) }, 'join offer rejected')
+      return { persisted: false, message: errorMessage(err).slice(0, 200) }
+    }
+  }
+
+  let result
+  try {
+    result = await requestJoin(node, t.leader, t.addrs, req, onOffer, { dialTimeoutMs: config.group.dialTimeout, timeoutMs: config.group.joinTimeout })
+  } catch (err) {
+    if (stored != null) await restore(svc, previous)
+    throw dialError(err, leader, t.addrs, config.group.dialTimeout)
+  }
+  const { offer, final } = result
+  if (offer.status !== JoinStatus.OK) {
+    throw new JoinError(`the leader refused: ${offer.message}`, REFUSALS[offer.status] ?? 'JOIN_REFUSED', offer.status === JoinStatus.NO_QUORUM ? 503 : 400)
+  }
+  if (stored == null) throw new JoinError('the leader\'s offer did not match the token (wrong group or leader); nothing was changed', 'JOIN_OFFER_INVALID', 502)
+  let confirmed = final?.status === JoinStatus.OK
+  if (final == null) {
+    // The answer was lost; ask the leader whether we are in its roster.
+    await svc.pullFrom(leader).catch(() => {})
+    confirmed = svc.membership != null && isMember(svc.membership.record.roster, svc.self) && svc.membership.record.roster.groupId === groupId
+  }
+  if (!confirmed) {
+    await restore(svc, previous)
+    throw new JoinError(`the leader did not commit the join: ${final?.message ?? 'no answer'}`, final != null ? (REFUSALS[final.status] ?? 'JOIN_FAILED') : 'JOIN_UNCONFIRMED', 503)
+  }
+  if (previous != null) {
+    await svc.tokens.revokeAll('host joined another group')
+    svc.c.audit.record('group.dissolved', { groupId: previous.record.roster.groupId, reason: 'linked to another group' })
+  }
+  svc.c.audit.record('join.completed', { groupId, leader, rosterVersion: stored.record.roster.version })
+  return { ...svc.statusFields(), hosts: svc.membership?.record.roster.members.length ?? 0 }
+}
+
+async function restore (svc: GroupService, previous: Membership | undefined): Promise<void> {
+  if (previous != null) await svc.store(previous)
+  else await svc.forget()
+}
+
+function dialError (err: unknown, leader: string, addrs: Multiaddr[], timeoutMs: number): Error {
+  if (err instanceof JoinError || err instanceof TokenError) return err
+  const name = (err as Error)?.name ?? ''
+  const msg = errorMessage(err)
+  if (name === 'UnexpectedPeerError' || name === 'InvalidPeerIdError' || /peer id|unexpected peer|public key/i.test(msg)) {
+    return new JoinError(`the host at the token's address is not the leader named in the token (its identity differs from ${leader}); the token may be forged or the address now belongs to another host`, 'LEADER_IDENTITY_MISMATCH', 502)
+  }
+  if (name === 'TimeoutError' || name === 'AbortError' || /abort|timed out|timeout/i.test(msg)) {
+    return new JoinError(`cannot reach the leader ${leader} within ${Math.round(timeoutMs / 1000)} s (tried ${addrs.length} address${addrs.length === 1 ? '' : 'es'}); check that its agent is running and that this host can reach it`, 'LEADER_UNREACHABLE', 504)
+  }
+  return new JoinError(`cannot reach the leader ${leader} (${msg}); check that its agent is running and that this host can reach it`, 'LEADER_UNREACHABLE', 502)
+}

@@ -1,0 +1,99 @@
+/**
+ * Commits a roster change the way DESIGN.md "Consistency" asks: the change counts
+ * only once a majority of the voters (members before and after the change) stored
+ * it. Before signing anything the leader checks that a majority is reachable, so a
+ * change that cannot succeed fails fast with nothing changed.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Logger } from '../agent/logger.js'
+import { errorMessage } from '../errors.js'
+import type { EdgelinkNode } from '../net/node.js'
+import { GroupKey } from '../wire/roster.js'
+import { NoQuorumError } from './errors.js'
+import { isMember, majority, type Roster, type SignedRosterRecord } from './roster.js'
+import { rosterCall, RosterRequestType, RosterStatus } from './roster-protocol.js'
+import type { GroupKeyMaterial } from './state.js'
+import { u8 } from '../util/bytes.js'
+
+export interface ReplicatorComponents {
+  node: EdgelinkNode
+  log: Logger
+  dialTimeoutMs: number
+  rpcTimeoutMs: number
+}
+
+export interface PushPlan {
+  current: Roster
+  next: SignedRosterRecord
+  key: GroupKeyMaterial
+  /** Voters that already stored the new roster (the leader itself, a joiner that acked). */
+  acked: Set<string>
+  /** Skip the reachability check and accept fewer acks: removes unreachable members (unsafe). */
+  force?: boolean
+}
+
+export interface PushOutcome {
+  acked: number
+  voters: number
+}
+
+export class RosterReplicator {
+  private readonly c: ReplicatorComponents
+
+  constructor (c: ReplicatorComponents) {
+    this.c = c
+  }
+
+  /** Members of either roster: a change needs a majority of them. */
+  voters (current: Roster, next: Roster): string[] {
+    return [...new Set([...current.members, ...next.members].map(m => m.peerId))]
+  }
+
+  /** Throws NoQuorumError unless a majority of voters is connected or dialable now. */
+  async checkReachable (current: Roster, next: Roster, acked: Set<string>): Promise<void> {
+    const voters = this.voters(current, next)
+    const others = voters.filter(v => !acked.has(v))
+    const results = await Promise.all(others.map(async v => await this.reachable(v)))
+    const reachable = acked.size + results.filter(Boolean).length
+    if (reachable < majority(voters.length)) throw new NoQuorumError(reachable, voters.length)
+  }
+
+  /** Push the new roster to every voter not yet acked; resolve once a majority stored it. */
+  async push (plan: PushPlan): Promise<PushOutcome> {
+    const voters = this.voters(plan.current, plan.next.roster)
+    const needed = majority(voters.length)
+    const acked = new Set(plan.acked)
+    const keyBytes = GroupKey.encode({ id: plan.key.id, key: u8(plan.key.key) })
+    const targets = voters.filter(v => !acked.has(v))
+    await Promise.all(targets.map(async peer => {
+      try {
+        const res = await rosterCall(this.c.node, peerIdFromString(peer), {
+          type: RosterRequestType.PUSH,
+          groupId: u8(Buffer.from(plan.next.roster.groupId, 'hex')),
+          roster: u8(plan.next.bytes),
+          // Only members of the new roster get the key: a removed host must not read later traffic.
+          groupKey: isMember(plan.next.roster, peer) ? keyBytes : new Uint8Array(0)
+        }, this.c.rpcTimeoutMs)
+        if (res.status === RosterStatus.ROSTER_OK) acked.add(peer)
+        else this.c.log.warn({ peer, status: res.status, message: res.message }, 'member did not store the roster')
+      } catch (err) {
+        this.c.log.info({ peer, err: errorMessage(err) }, 'cannot push roster to member')
+      }
+    }))
+    if (acked.size < needed && plan.force !== true) {
+      throw new NoQuorumError(acked.size, voters.length, `: roster v${plan.next.roster.version} was stored by ${acked.size} of ${voters.length} members and will reach the others when they return`)
+    }
+    return { acked: acked.size, voters: voters.length }
+  }
+
+  private async reachable (peer: string): Promise<boolean> {
+    const id = peerIdFromString(peer)
+    if (this.c.node.getConnections(id).length > 0) return true
+    try {
+      await this.c.node.dial(id, { signal: AbortSignal.timeout(this.c.dialTimeoutMs) })
+      return true
+    } catch {
+      return false
+    }
+  }
+}
