@@ -118,7 +118,8 @@ function dialError (err: unknown, leader: string, addrs: Multiaddr[], timeoutMs:
   if (err instanceof JoinError || err instanceof TokenError) return err
   const name = (err as Error)?.name ?? ''
   const msg = errorMessage(err)
-  if (name === 'UnexpectedPeerError' || name === 'InvalidPeerIdError' || /peer id|unexpected peer|public key/i.test(msg)) {
+  // Noise reports a different static key as EncryptionFailedError "... does not match expected remote identity key".
+  if (name === 'UnexpectedPeerError' || name === 'InvalidPeerIdError' || /does not match expected remote identity|unexpected peer/i.test(msg)) {
     return new JoinError(`the host at the token's address is not the leader named in the token (its identity differs from ${leader}); the token may be forged or the address now belongs to another host`, 'LEADER_IDENTITY_MISMATCH', 502)
   }
   if (name === 'TimeoutError' || name === 'AbortError' || /abort|timed out|timeout/i.test(msg)) {

@@ -86,11 +86,13 @@ export class RosterReplicator {
     return { acked: acked.size, voters: voters.length }
   }
 
+  /**
+   * A round trip, not just an open connection: a connection to a host that just
+   * stopped can linger until its close is noticed, and must not count as a vote.
+   */
   private async reachable (peer: string): Promise<boolean> {
-    const id = peerIdFromString(peer)
-    if (this.c.node.getConnections(id).length > 0) return true
     try {
-      await this.c.node.dial(id, { signal: AbortSignal.timeout(this.c.dialTimeoutMs) })
+      await this.c.node.services.ping.ping(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.dialTimeoutMs) })
       return true
     } catch {
       return false

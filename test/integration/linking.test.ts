@@ -1,0 +1,317 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest'
+import { readFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:net'
+import pWaitFor from 'p-wait-for'
+import { multiaddr } from '@multiformats/multiaddr'
+import { AgentSet } from '../helpers/agents.js'
+import type { Agent } from '../../src/agent/agent.js'
+import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
+
+/** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
+const FAST = { group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 2000, rpcTimeout: 2000, joinTimeout: 5000 } }
+
+async function until (fn: () => boolean | Promise<boolean>, timeout = 10_000): Promise<void> {
+  await pWaitFor(fn, { timeout, interval: 25 })
+}
+
+function hostsView (a: Agent): string[] {
+  return a.group.hosts().map(h => `${h.peerId}:${h.role}`).sort()
+}
+
+async function linkTo (leader: Agent, follower: Agent): Promise<void> {
+  const { token } = await leader.group.createToken()
+  await follower.group.link(token)
+}
+
+async function expectCode (p: Promise<unknown>, code: string): Promise<Error> {
+  const err = await p.then(() => undefined, (e: unknown) => e as Error & { code?: string })
+  expect(err, `expected an error with code ${code}`).toBeInstanceOf(Error)
+  expect((err as { code?: string }).code).toBe(code)
+  return err as Error
+}
+
+function auditEvents (a: Agent): Array<Record<string, unknown>> {
+  try {
+    return readFileSync(a.paths.auditLog, 'utf8').trim().split('\n').filter(Boolean).map(l => JSON.parse(l) as Record<string, unknown>)
+  } catch {
+    return []
+  }
+}
+
+describe('linking hosts (in-process agents on 127.0.0.1)', () => {
+  const set = new AgentSet()
+  let leader: Agent
+  let f1: Agent
+  let f2: Agent
+
+  beforeEach(async () => {
+    leader = await set.start({ name: 'lead', config: FAST })
+    f1 = await set.start({ name: 'f1', config: FAST })
+    f2 = await set.start({ name: 'f2', config: FAST })
+  })
+  afterEach(async () => { await set.stopAll() })
+
+  it('a leader and two followers linked with tokens all list the same hosts table', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const expected = hostsView(leader)
+    expect(expected).toHaveLength(3)
+    await until(() => JSON.stringify(hostsView(f1)) === JSON.stringify(expected) && JSON.stringify(hostsView(f2)) === JSON.stringify(expected))
+    for (const a of [leader, f1, f2]) {
+      const s = a.hostStatus()
+      expect(s.groupId).toBe(leader.hostStatus().groupId)
+      expect(s.leader).toBe(leader.peerId)
+      expect(s.term).toBe(1)
+      expect(s.rosterVersion).toBe(3)
+      expect(s.role).toBe(a === leader ? 'leader' : 'follower')
+    }
+    await until(() => f2.group.hosts().every(h => h.connected))
+    const row = f2.group.hosts().find(h => h.peerId === f1.peerId)
+    expect(row).toMatchObject({ hostname: 'f1', role: 'follower', connected: true })
+    expect(auditEvents(leader).filter(e => e.event === 'join.accepted')).toHaveLength(2)
+  })
+
+  it('the token never appears in the audit log or the token list', async () => {
+    const { token, id } = await leader.group.createToken()
+    const secret = Buffer.from(decodeToken(token).secret).toString('hex')
+    await f1.group.link(token)
+    const audit = readFileSync(leader.paths.auditLog, 'utf8')
+    expect(audit).toContain(id)
+    expect(audit).not.toContain(token)
+    expect(audit).not.toContain(secret)
+    expect(JSON.stringify(await leader.group.listTokens())).not.toContain(secret)
+  })
+
+  it('the leader unlinks a follower by hostname: it becomes idle, the others drop it, the key rotates', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const keyBefore = leader.group.membership?.key.id ?? 0
+    await leader.group.unlink('f1')
+    expect(f1.group.membership).toBeUndefined()
+    expect(f1.hostStatus().groupId).toBeNull()
+    expect(leader.group.membership?.key.id).toBe(keyBefore + 1)
+    await until(() => f2.group.hosts().length === 2 && f2.group.membership?.key.id === keyBefore + 1)
+    expect(Buffer.from(f2.group.membership?.key.key ?? []).equals(Buffer.from(leader.group.membership?.key.key ?? [1]))).toBe(true)
+    // Unlinked, it can be linked again.
+    await linkTo(leader, f1)
+    expect(leader.group.hosts()).toHaveLength(3)
+  })
+
+  it('a follower unlinks itself', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await f2.group.unlink()
+    expect(f2.group.membership).toBeUndefined()
+    expect(leader.group.hosts().map(h => h.peerId)).not.toContain(f2.peerId)
+    await until(() => f1.group.hosts().length === 2)
+  })
+
+  it('the leader cannot be unlinked, and a follower cannot unlink others', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await expectCode(leader.group.unlink(), 'LEADER_CANNOT_UNLINK')
+    await expectCode(leader.group.unlink(leader.peerId), 'LEADER_CANNOT_UNLINK')
+    await expectCode(f1.group.unlink('lead'), 'LEADER_CANNOT_UNLINK')
+    await expectCode(f1.group.unlink('f2'), 'NOT_LEADER')
+    await expectCode(leader.group.unlink('nosuchhost'), 'UNKNOWN_HOST')
+    expect(leader.group.hosts()).toHaveLength(3)
+  })
+
+  it('relinquish hands leadership to a follower in a new term that every member adopts', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const r = await leader.group.relinquish('f1')
+    expect(r).toMatchObject({ leader: f1.peerId, term: 2, dissolved: false })
+    for (const a of [leader, f1, f2]) {
+      await until(() => a.hostStatus().leader === f1.peerId && a.hostStatus().term === 2)
+    }
+    expect(leader.hostStatus().role).toBe('follower')
+    expect(f1.hostStatus().role).toBe('leader')
+    // The new leader can issue tokens; the old one cannot.
+    await expectCode(leader.group.createToken(), 'NOT_LEADER')
+    const { token } = await f1.group.createToken()
+    expect(token.startsWith('elt1_')).toBe(true)
+    expect(auditEvents(f1).some(e => e.event === 'leader.changed')).toBe(true)
+  })
+
+  it('relinquish on a group of one dissolves it and the host is idle again', async () => {
+    await leader.group.createToken()
+    expect(leader.hostStatus().role).toBe('leader')
+    const r = await leader.group.relinquish()
+    expect(r.dissolved).toBe(true)
+    expect(leader.hostStatus().groupId).toBeNull()
+    expect((await leader.group.listTokens()).every(t => t.state !== 'active')).toBe(true)
+  })
+
+  it('a follower that was stopped pulls the roster change it missed when it returns', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const dir = f2.paths.root
+    const f2Id = f2.peerId
+    await f2.stop()
+    set.agents.splice(set.agents.indexOf(f2), 1)
+    await leader.group.unlink('f1') // 2 of 3 store it: the leader and f1
+    const version = leader.hostStatus().rosterVersion
+    const back = await set.start({ name: 'f2', dataDir: dir, config: FAST })
+    expect(back.peerId).toBe(f2Id)
+    await until(() => back.hostStatus().rosterVersion === version)
+    expect(back.group.hosts().map(h => h.peerId)).not.toContain(f1.peerId)
+    expect(back.group.membership?.key.id).toBe(leader.group.membership?.key.id)
+  })
+
+  it('two hosts racing with one token: exactly one is admitted', async () => {
+    await linkTo(leader, f1) // a group of 2, so the race also exercises quorum pushes
+    const { token } = await leader.group.createToken()
+    const f3 = await set.start({ name: 'f3', config: FAST })
+    const results = await Promise.allSettled([f2.group.link(token), f3.group.link(token)])
+    const ok = results.filter(r => r.status === 'fulfilled')
+    const failed = results.filter(r => r.status === 'rejected')
+    expect(ok).toHaveLength(1)
+    expect(failed).toHaveLength(1)
+    expect(((failed[0] as PromiseRejectedResult).reason as { code?: string }).code).toBe('TOKEN_USED')
+    expect(leader.group.hosts()).toHaveLength(3)
+    const loser = results[0].status === 'rejected' ? f2 : f3
+    expect(loser.group.membership).toBeUndefined()
+  })
+
+  it('without a majority a roster change fails with "no quorum (k of n reachable)" and --force removes', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const v = leader.hostStatus().rosterVersion
+    await f1.stop()
+    await f2.stop()
+    const err = await expectCode(leader.group.unlink('f1'), 'NO_QUORUM')
+    expect(err.message).toMatch(/no quorum \(1 of 3 reachable\)/)
+    expect(leader.hostStatus().rosterVersion).toBe(v)
+    await leader.group.unlink('f1', true)
+    expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f2', 'lead'])
+  })
+})
+
+describe('link refuses bad tokens and changes nothing on either side', () => {
+  const set = new AgentSet()
+  let leader: Agent
+  let f: Agent
+
+  beforeEach(async () => {
+    leader = await set.start({ name: 'lead', config: FAST })
+    f = await set.start({ name: 'f', config: FAST })
+  })
+  afterEach(async () => { await set.stopAll() })
+
+  async function unchanged (fn: () => Promise<unknown>, code: string): Promise<Error> {
+    const before = { v: leader.hostStatus().rosterVersion, hosts: leader.group.hosts().length }
+    const err = await expectCode(fn(), code)
+    expect(f.group.membership).toBeUndefined()
+    expect(leader.hostStatus().rosterVersion).toBe(before.v)
+    expect(leader.group.hosts()).toHaveLength(before.hosts)
+    return err
+  }
+
+  it('an expired token', async () => {
+    const { token, expiresAt } = await leader.group.createToken(1000)
+    await until(() => Date.now() > Date.parse(expiresAt), 5000)
+    const err = await unchanged(async () => await f.group.link(token), 'TOKEN_EXPIRED')
+    expect(err.message).toMatch(/expired at/)
+  })
+
+  it('a used token', async () => {
+    const { token } = await leader.group.createToken()
+    await f.group.link(token)
+    const g = await set.start({ name: 'g', config: FAST })
+    const before = leader.hostStatus().rosterVersion
+    await expectCode(g.group.link(token), 'TOKEN_USED')
+    expect(g.group.membership).toBeUndefined()
+    expect(leader.hostStatus().rosterVersion).toBe(before)
+  })
+
+  it('a revoked token', async () => {
+    const { token, id } = await leader.group.createToken()
+    await leader.group.revokeToken(id)
+    await unchanged(async () => await f.group.link(token), 'TOKEN_REVOKED')
+  })
+
+  it('a wrong secret, and six wrong proofs in a row revoke the token with audit lines', async () => {
+    const { token, id } = await leader.group.createToken()
+    const forged = encodeToken({ ...decodeToken(token), secret: newSecret() })
+    for (let i = 1; i <= 5; i++) {
+      const err = await unchanged(async () => await f.group.link(forged), 'TOKEN_BAD_SECRET')
+      if (i === 5) expect(err.message).toMatch(/revoked/)
+    }
+    await unchanged(async () => await f.group.link(forged), 'TOKEN_REVOKED')
+    // The real token is revoked too.
+    await unchanged(async () => await f.group.link(token), 'TOKEN_REVOKED')
+    const audit = auditEvents(leader)
+    expect(audit.filter(e => e.event === 'join.refused' && e.reason === 'BAD_SECRET')).toHaveLength(5)
+    expect(audit.some(e => e.event === 'token.revoked' && e.tokenId === id)).toBe(true)
+  })
+
+  it('a tampered, truncated, empty, foreign or oversized token', async () => {
+    const { token } = await leader.group.createToken()
+    await unchanged(async () => await f.group.link(token.slice(0, -7)), 'TOKEN_DAMAGED')
+    await unchanged(async () => await f.group.link(''), 'TOKEN_EMPTY')
+    await unchanged(async () => await f.group.link('eyJhbGciOiJIUzI1NiJ9.e30.abc'), 'TOKEN_FOREIGN')
+    await unchanged(async () => await f.group.link('elt1_' + 'a'.repeat(5000)), 'TOKEN_OVERSIZED')
+    // Pin another PeerId with a valid checksum: the seal no longer matches.
+    const t = decodeToken(token)
+    const other = decodeToken((await f.group.createToken()).token)
+    await f.group.relinquish() // back to idle
+    const { TokenPayload } = await import('../../src/wire/join.js')
+    const { fromString, toString } = await import('uint8arrays')
+    const { crc32 } = await import('node:zlib')
+    const raw = fromString(token.slice(5), 'base58btc')
+    const p = TokenPayload.decode(raw.subarray(0, raw.length - 4))
+    p.leader = other.leader.toMultihash().bytes as Uint8Array<ArrayBuffer>
+    const body = TokenPayload.encode(p)
+    const crc = Buffer.alloc(4); crc.writeUInt32BE(crc32(body, 0))
+    const pinnedElsewhere = 'elt1_' + toString(Buffer.concat([body, crc]), 'base58btc')
+    expect(t.leader.toString()).not.toBe(other.leader.toString())
+    await unchanged(async () => await f.group.link(pinnedElsewhere), 'TOKEN_TAMPERED')
+  })
+
+  it('a leader that is not reachable: a clear error within the dial timeout', async () => {
+    const { token } = await leader.group.createToken()
+    // A listener that accepts TCP and never answers: the dial must time out, not hang.
+    const silent: Server = createServer(() => {})
+    await new Promise<void>(resolve => silent.listen(0, '127.0.0.1', resolve))
+    const port = (silent.address() as { port: number }).port
+    try {
+      const t = decodeToken(token)
+      const nowhere = encodeToken({ ...t, addrs: [multiaddr(`/ip4/127.0.0.1/tcp/${port}`)] })
+      const started = Date.now()
+      const err = await unchanged(async () => await f.group.link(nowhere), 'LEADER_UNREACHABLE')
+      expect(err.message).toMatch(/cannot reach the leader/)
+      expect(Date.now() - started).toBeLessThan(FAST.group.dialTimeout + 3000)
+    } finally {
+      silent.close()
+    }
+  })
+
+  it('a peer at the token\'s address whose identity differs from the pinned one', async () => {
+    const { token } = await leader.group.createToken()
+    const impostor = await set.start({ name: 'impostor', config: FAST })
+    const t = decodeToken(token)
+    const redirected = encodeToken({ ...t, addrs: impostor.node.getMultiaddrs().map(a => a.decapsulateCode(421)) })
+    const err = await unchanged(async () => await f.group.link(redirected), 'LEADER_IDENTITY_MISMATCH')
+    expect(err.message).toMatch(/identity differs/)
+  })
+
+  it('a host that is already linked cannot link again', async () => {
+    const { token } = await leader.group.createToken()
+    await f.group.link(token)
+    const { token: second } = await leader.group.createToken()
+    await expectCode(f.group.link(second), 'ALREADY_LINKED')
+    const other = await set.start({ name: 'other', config: FAST })
+    const { token: foreign } = await other.group.createToken()
+    await expectCode(f.group.link(foreign), 'NOT_IDLE')
+    expect(f.hostStatus().groupId).toBe(leader.hostStatus().groupId)
+  })
+
+  it('a leader with followers cannot link to another group', async () => {
+    const { token } = await leader.group.createToken()
+    await f.group.link(token)
+    const other = await set.start({ name: 'other', config: FAST })
+    const { token: foreign } = await other.group.createToken()
+    await expectCode(leader.group.link(foreign), 'NOT_IDLE')
+  })
+})
