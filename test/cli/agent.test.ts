@@ -1,0 +1,164 @@
+/**
+ * `edgelink agent` as a real process: identity across restarts, the data dir lock,
+ * SIGTERM, and the JSON output of `status` and `peers`. Agents listen on 127.0.0.1
+ * with mDNS off; every process is killed in afterEach whatever the outcome.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import {
+  apiGet,
+  assertBuilt,
+  cleanup,
+  cleanupKept,
+  keep,
+  runCli,
+  SAFE_AGENT_FLAGS,
+  stackLines,
+  startAgent,
+  stopAgent,
+  tempDataDir,
+  waitFor,
+  type AgentProcess
+} from '../helpers/cli.js'
+
+beforeAll(() => { assertBuilt() })
+afterEach(async () => { await cleanup() })
+
+interface StatusJson { peerId: string, hostname: string, addresses: string[], agentVersion: string }
+interface PeerJson { peerId: string, connected: boolean, via: string[], addresses: string[] }
+
+/** Parse stdout as exactly one JSON document (JSON.parse refuses trailing text). */
+function oneJsonDocument<T> (stdout: string): T {
+  expect(stdout.trim()).not.toBe('')
+  return JSON.parse(stdout) as T
+}
+
+describe('edgelink agent process', () => {
+  it('keeps its PeerId across a restart on the same data dir', async () => {
+    const dataDir = tempDataDir()
+    const first = await startAgent(dataDir)
+    expect(first.peerId).toMatch(/^12D3KooW/)
+    expect((await stopAgent(first)).code).toBe(0)
+    const second = await startAgent(dataDir)
+    expect(second.peerId).toBe(first.peerId)
+  })
+
+  it('SIGTERM stops it with exit 0 and removes api.sock, repl.sock and agent.pid', async () => {
+    const dataDir = tempDataDir()
+    const agent = await startAgent(dataDir)
+    for (const f of ['api.sock', 'repl.sock', 'agent.pid']) expect(existsSync(join(dataDir, f)), f).toBe(true)
+    const pid = (JSON.parse(readFileSync(join(dataDir, 'agent.pid'), 'utf8')) as { pid: number }).pid
+    expect(pid).toBe(agent.proc.pid)
+
+    const res = await stopAgent(agent)
+    expect(res.signal).toBeNull()
+    expect(res.code).toBe(0)
+    for (const f of ['api.sock', 'repl.sock', 'agent.pid']) expect(existsSync(join(dataDir, f)), f).toBe(false)
+    expect(res.stdout).toMatch(/"msg":"agent stopped"/)
+  })
+
+  it('a second agent on the same data dir exits 1 with one line naming the directory; the first keeps running', async () => {
+    const dataDir = tempDataDir()
+    const first = await startAgent(dataDir)
+    const res = await runCli(['agent', '--data-dir', dataDir, ...SAFE_AGENT_FLAGS])
+    expect(res.code).toBe(1)
+    expect(stackLines(res.stderr)).toEqual([])
+    const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain(dataDir)
+    expect(lines[0]).toMatch(/already/)
+    expect(lines[0]).toContain(`pid ${String(first.proc.pid)}`)
+
+    // The loser touched nothing: the first agent's pid file, sockets and API are intact.
+    expect(first.proc.exitCode).toBeNull()
+    expect((JSON.parse(readFileSync(join(dataDir, 'agent.pid'), 'utf8')) as { pid: number }).pid).toBe(first.proc.pid)
+    expect(existsSync(join(dataDir, 'repl.sock'))).toBe(true)
+    const status = await apiGet(dataDir, '/api/v1/status')
+    expect((status.body as StatusJson).peerId).toBe(first.peerId)
+  })
+
+  it('a listen address already in use exits 1 with one clear line naming the address', async () => {
+    const dataDir = tempDataDir()
+    const first = await startAgent(dataDir)
+    const taken = first.address.replace(/\/p2p\/.*$/, '')
+    const otherDir = tempDataDir()
+    const res = await runCli(['agent', '--data-dir', otherDir, '--no-mdns', '--listen', taken])
+    expect(res.code).toBe(1)
+    expect(stackLines(res.stderr), res.stderr).toEqual([])
+    const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
+    expect(lines, res.stderr).toHaveLength(1)
+    expect(lines[0]).toContain(taken)
+    expect(lines[0]).toMatch(/in use/)
+    // The failed start cleaned up after itself.
+    for (const f of ['api.sock', 'repl.sock', 'agent.pid']) expect(existsSync(join(otherDir, f)), f).toBe(false)
+  })
+})
+
+describe('a running agent seen through the CLI', () => {
+  // One agent for these read-only checks.
+  let agent: AgentProcess
+  let dataDir: string
+  beforeAll(async () => {
+    dataDir = tempDataDir()
+    agent = await startAgent(dataDir, ['--hostname', 'cli-host'])
+    keep(agent)
+  })
+  afterAll(async () => { await cleanupKept() })
+
+  it('logs JSON lines on stdout, one of them "agent started" with its PeerId', async () => {
+    await waitFor(() => agent.stdout().includes('"agent started"'), 'the "agent started" log line')
+    const lines = agent.stdout().split('\n').filter(l => l.trim() !== '')
+    const records = lines.map(l => JSON.parse(l) as { msg?: string, peerId?: string })
+    expect(records.find(r => r.msg === 'agent started')?.peerId).toBe(agent.peerId)
+  })
+
+  it('status --json prints one JSON document describing this host', async () => {
+    const res = await runCli(['status', '--json', '--data-dir', dataDir])
+    expect(res.code, res.stderr).toBe(0)
+    const status = oneJsonDocument<StatusJson>(res.stdout)
+    expect(status.peerId).toBe(agent.peerId)
+    expect(status.hostname).toBe('cli-host')
+    expect(status.addresses.every(a => a.startsWith('/ip4/127.0.0.1/'))).toBe(true)
+    expect(res.stderr).toBe('')
+  })
+
+  it('status without --json prints the PeerId and hostname for people', async () => {
+    const res = await runCli(['status', '--data-dir', dataDir])
+    expect(res.code).toBe(0)
+    expect(res.stdout).toMatch(new RegExp(`PeerId\\s+${agent.peerId}`))
+    expect(res.stdout).toMatch(/Hostname\s+cli-host/)
+  })
+
+  it('peers --json prints an empty JSON list when no peer was seen', async () => {
+    const res = await runCli(['peers', '--json', '--data-dir', dataDir])
+    expect(res.code, res.stderr).toBe(0)
+    expect(oneJsonDocument<PeerJson[]>(res.stdout)).toEqual([])
+  })
+})
+
+describe('two agent processes', () => {
+  it('joined with --peer, both list each other as connected in peers --json', async () => {
+    const dirA = tempDataDir()
+    const dirB = tempDataDir()
+    const a = await startAgent(dirA)
+    const b = await startAgent(dirB, ['--peer', a.address])
+
+    const peersOf = async (dataDir: string): Promise<PeerJson[]> => {
+      const res = await runCli(['peers', '--json', '--data-dir', dataDir])
+      expect(res.code, res.stderr).toBe(0)
+      return oneJsonDocument<PeerJson[]>(res.stdout)
+    }
+    // Poll the API (cheap) until both sides see the connection, then check the CLI's output once.
+    await waitFor(async () => {
+      const [pa, pb] = await Promise.all([apiGet(dirA, '/api/v1/peers'), apiGet(dirB, '/api/v1/peers')])
+      return (pa.body as PeerJson[]).some(p => p.peerId === b.peerId && p.connected) &&
+        (pb.body as PeerJson[]).some(p => p.peerId === a.peerId && p.connected)
+    }, 'both agents to list each other as connected')
+
+    const [seenByA, seenByB] = await Promise.all([peersOf(dirA), peersOf(dirB)])
+    expect(seenByA).toEqual([expect.objectContaining({ peerId: b.peerId, connected: true })])
+    expect(seenByB).toEqual([expect.objectContaining({ peerId: a.peerId, connected: true })])
+    expect(seenByB[0].via).toContain('config')
+  })
+})

@@ -1,0 +1,222 @@
+/**
+ * The local API's error contract, on a real agent over its unix socket: every answer
+ * that is not a success is `{"error":{"code","message"}}` JSON, whatever is sent.
+ */
+import { connect } from 'node:net'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import fc from 'fast-check'
+import type { Agent } from '../../src/agent/agent.js'
+import { MAX_JSON_BODY } from '../../src/api/server.js'
+import { AgentSet } from '../helpers/agents.js'
+
+interface RawResponse {
+  status: number
+  headers: Record<string, string>
+  body: Buffer
+  /** The whole answer as received, for failure messages. */
+  raw: string
+}
+
+interface RawRequest {
+  method: string
+  path: string
+  headers?: Record<string, string>
+  body?: Uint8Array
+}
+
+/**
+ * One HTTP/1.1 request written by hand (so any method, path or body can be sent, with
+ * an exact Content-Length), read until the server closes the connection.
+ */
+async function rawRequest (socketPath: string, req: RawRequest, timeoutMs = 10_000): Promise<RawResponse> {
+  const body = req.body ?? new Uint8Array()
+  const headers: Record<string, string> = { host: 'localhost', connection: 'close', ...req.headers }
+  if (body.length > 0) headers['content-length'] = String(body.length)
+  const head = `${req.method} ${req.path} HTTP/1.1\r\n` + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('') + '\r\n'
+  const received = await new Promise<Buffer>((resolve, reject) => {
+    const socket = connect(socketPath)
+    const chunks: Buffer[] = []
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no answer within ${timeoutMs} ms to ${req.method} ${req.path}`)) }, timeoutMs)
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    // The server may answer (413) and close before it has read a large body: our write then fails, the answer stands.
+    socket.on('error', () => {})
+    socket.on('close', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)) })
+    // No half-close: node's HTTP server drops a request whose client ends its side before the answer is ready.
+    // `connection: close` makes the server close once it has answered.
+    socket.write(head)
+    socket.write(body)
+  })
+  const split = received.indexOf('\r\n\r\n')
+  const headText = (split < 0 ? received : received.subarray(0, split)).toString('latin1')
+  const [statusLine, ...headerLines] = headText.split('\r\n')
+  const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0)
+  const resHeaders: Record<string, string> = {}
+  for (const line of headerLines) {
+    const i = line.indexOf(':')
+    if (i > 0) resHeaders[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
+  }
+  return { status, headers: resHeaders, body: split < 0 ? Buffer.alloc(0) : received.subarray(split + 4), raw: received.toString('latin1').slice(0, 500) }
+}
+
+/** Assert `res` is an API error: JSON `{"error":{"code":string,"message":string}}` with a 4xx/5xx status. */
+function expectApiError (res: RawResponse): { code: string, message: string } {
+  expect(res.status, res.raw).toBeGreaterThanOrEqual(400)
+  expect(res.headers['content-type'], res.raw).toMatch(/^application\/json/)
+  let parsed: unknown
+  expect(() => { parsed = JSON.parse(res.body.toString('utf8')) }, res.raw).not.toThrow()
+  const error = (parsed as { error?: { code?: unknown, message?: unknown } }).error
+  expect(typeof error?.code, res.raw).toBe('string')
+  expect(typeof error?.message, res.raw).toBe('string')
+  expect((error?.message as string).length, res.raw).toBeGreaterThan(0)
+  return error as { code: string, message: string }
+}
+
+const agents = new AgentSet()
+let agent: Agent
+let socket: string
+
+beforeAll(async () => {
+  agent = await agents.start({ name: 'api' })
+  socket = agent.paths.apiSocket
+})
+afterAll(async () => { await agents.stopAll() })
+
+async function expectStillAnswering (): Promise<void> {
+  const res = await rawRequest(socket, { method: 'GET', path: '/api/v1/status' })
+  expect(res.status, res.raw).toBe(200)
+  expect((JSON.parse(res.body.toString('utf8')) as { peerId: string }).peerId).toBe(agent.peerId)
+}
+
+describe('local API error format', () => {
+  it('GET /api/v1/status answers 200 with this host\'s PeerId', async () => {
+    await expectStillAnswering()
+  })
+
+  it('an unknown route is 404 {error:{code:"NOT_FOUND", message}} naming the method and path', async () => {
+    const res = await rawRequest(socket, { method: 'GET', path: '/api/v1/nope?x=1' })
+    expect(res.status).toBe(404)
+    const error = expectApiError(res)
+    expect(error.code).toBe('NOT_FOUND')
+    expect(error.message).toContain('GET /api/v1/nope')
+  })
+
+  it('a body larger than the limit is 413 BODY_TOO_LARGE', async () => {
+    const res = await rawRequest(socket, {
+      method: 'POST',
+      path: '/api/v1/status',
+      headers: { 'content-type': 'application/json' },
+      body: Buffer.from(JSON.stringify({ pad: 'x'.repeat(MAX_JSON_BODY) }))
+    })
+    expect(res.status).toBe(413)
+    expect(expectApiError(res).code).toBe('BODY_TOO_LARGE')
+    await expectStillAnswering()
+  })
+
+  it('invalid JSON is 400 BAD_REQUEST', async () => {
+    const res = await rawRequest(socket, { method: 'POST', path: '/api/v1/x', headers: { 'content-type': 'application/json' }, body: Buffer.from('{"a":') })
+    expect(res.status).toBe(400)
+    expect(expectApiError(res).code).toBe('BAD_REQUEST')
+  })
+
+  it('a JSON body with a __proto__ key is refused with 400, not merged', async () => {
+    const res = await rawRequest(socket, { method: 'POST', path: '/api/v1/x', headers: { 'content-type': 'application/json' }, body: Buffer.from('{"__proto__":{"polluted":1}}') })
+    expect(res.status).toBe(400)
+    expectApiError(res)
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined()
+  })
+
+  it('a body of an unsupported content type gets an API error (415, or 404 on an unknown route)', async () => {
+    const res = await rawRequest(socket, { method: 'PUT', path: '/api/v1/x', headers: { 'content-type': 'text/x-bogus' }, body: Buffer.from('hello') })
+    expect([404, 415]).toContain(res.status)
+    expectApiError(res)
+  })
+
+  it('a malformed percent-escape in the path gets an error in the API format', async () => {
+    const res = await rawRequest(socket, { method: 'GET', path: '/api/v1/%zz' })
+    expect(res.status).toBe(400)
+    expectApiError(res)
+  })
+
+  it('an HTTP method the server does not know gets an error in the API format', async () => {
+    const res = await rawRequest(socket, { method: 'BREW', path: '/api/v1/status' })
+    expect(res.status).toBe(400)
+    expectApiError(res)
+    await expectStillAnswering()
+  })
+
+  it('request headers over the size limit get an error in the API format', async () => {
+    const res = await rawRequest(socket, { method: 'GET', path: '/api/v1/status', headers: { 'x-pad': 'p'.repeat(20_000) } })
+    expect(res.status).toBe(431)
+    expectApiError(res)
+  })
+
+  it('random methods, paths, bodies and content types always get JSON: a success body on a route, an API error otherwise, never an internal error; the agent keeps answering', async () => {
+    const method = fc.oneof(
+      { weight: 4, arbitrary: fc.constantFrom('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'HEAD') },
+      { weight: 1, arbitrary: fc.constantFrom('PROPFIND', 'MKCOL', 'SEARCH', 'QUERY', 'LOCK', 'TRACE', 'PURGE') },
+      // CONNECT asks for a tunnel, not a route: node's server hangs up on it by design.
+      { weight: 1, arbitrary: fc.stringMatching(/^[A-Z]{1,10}$/).filter(m => m !== 'CONNECT') }
+    )
+    const segment = fc.oneof(
+      fc.constantFrom('api', 'v1', 'status', 'peers', 'hosts', 'tokens', 'link', '..', '.', '', '%zz', '%', '%00', '%2F', '%E2%82%AC'),
+      fc.stringMatching(/^[A-Za-z0-9._~!$&'()*+,;=:@-]{0,12}$/)
+    )
+    const path = fc.oneof(
+      fc.constantFrom('/api/v1/status', '/api/v1/peers', '/api/v1/hosts', '/api/v1/tokens', '/api/v1/tokens/abc', '/api/v1/link',
+        '/api/v1/unlink', '/api/v1/leader/relinquish', '/', '/api/v1/', '*'),
+      fc.array(segment, { maxLength: 5 }).map(s => '/' + s.join('/')),
+      fc.tuple(fc.constantFrom('/api/v1/status', '/api/v1/peers', '/x'), fc.stringMatching(/^[A-Za-z0-9=&%._-]{0,20}$/)).map(([p, q]) => `${p}?${q}`)
+    )
+    const contentType = fc.option(fc.oneof(
+      fc.constantFrom('application/json', 'application/json; charset=utf-8', 'application/json; charset=utf-16', 'text/plain',
+        'application/octet-stream', 'multipart/form-data; boundary=x', 'application/x-www-form-urlencoded', ''),
+      fc.stringMatching(/^[\x20-\x7e]{0,40}$/)
+    ), { nil: undefined })
+    const body = fc.option(fc.oneof(
+      fc.jsonValue({ maxDepth: 3 }).map(v => Buffer.from(JSON.stringify(v) ?? 'null')),
+      fc.string({ maxLength: 200 }).map(s => Buffer.from(s)),
+      fc.uint8Array({ maxLength: 200 }),
+      fc.integer({ min: MAX_JSON_BODY + 1, max: 4 * MAX_JSON_BODY }).map(n => Buffer.alloc(n, 0x61))
+    ), { nil: undefined })
+
+    await fc.assert(fc.asyncProperty(method, path, contentType, body, async (m, p, ct, b) => {
+      const headers: Record<string, string> = ct === undefined ? {} : { 'content-type': ct }
+      const res = await rawRequest(socket, { method: m, path: p, headers, body: b })
+      expect(res.status, res.raw).not.toBe(0)
+      // Garbage from a client is never the agent's fault.
+      expect(res.status, res.raw).not.toBe(500)
+      if (res.status >= 200 && res.status < 300) {
+        // Only API routes succeed; what they answer is JSON.
+        expect(p.startsWith('/api/v1/'), res.raw).toBe(true)
+        if (m !== 'HEAD' && res.body.length > 0) expect(() => JSON.parse(res.body.toString('utf8')), res.raw).not.toThrow()
+        return
+      }
+      if (m === 'HEAD') {
+        // No body on HEAD; only the status can be checked.
+        expect(res.status, res.raw).toBeGreaterThanOrEqual(400)
+        return
+      }
+      expectApiError(res)
+    }), { numRuns: 400 })
+
+    await expectStillAnswering()
+    expect(agent.status).toBe('running')
+  })
+
+  it('JSON bodies with random field values on every POST route get a success or a 4xx API error, never an internal error', async () => {
+    const route = fc.constantFrom('/api/v1/tokens', '/api/v1/link', '/api/v1/unlink', '/api/v1/leader/relinquish')
+    const field = fc.constantFrom('ttl', 'token', 'host', 'force', 'to', 'x', '__proto__')
+    const value = fc.oneof(
+      fc.jsonValue({ maxDepth: 2 }),
+      fc.constantFrom('2m', '0s', '-1s', '99999999999d', 'el1_garbage', '', true, 0, -1, 1e308, Number.MAX_SAFE_INTEGER)
+    )
+    await fc.assert(fc.asyncProperty(route, fc.dictionary(field, value, { maxKeys: 3 }), async (r, fields) => {
+      const res = await rawRequest(socket, { method: 'POST', path: r, headers: { 'content-type': 'application/json' }, body: Buffer.from(JSON.stringify(fields)) })
+      expect(res.status, res.raw).not.toBe(0)
+      expect(res.status, res.raw).toBeLessThan(500)
+      if (res.status >= 400) expectApiError(res)
+      else expect(() => JSON.parse(res.body.toString('utf8')), res.raw).not.toThrow()
+    }), { numRuns: 200 })
+    await expectStillAnswering()
+  })
+})

@@ -1,0 +1,390 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import fc from 'fast-check'
+import {
+  configSchema,
+  DEFAULT_MDNS_INTERVAL_MS,
+  DEFAULT_MDNS_SERVICE_TAG,
+  DEFAULT_PORT,
+  defaultConfig,
+  loadConfig,
+  resolveLayers,
+  type ConfigLayer
+} from '../../src/agent/config.js'
+import { ConfigError } from '../../src/errors.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'el-config-'))
+afterAll(() => { rmSync(dir, { recursive: true, force: true }) })
+
+let fileCount = 0
+/** Write a config file with the given name suffix and contents; returns its path. */
+function configFile (ext: string, contents: string | Uint8Array): string {
+  const file = join(dir, `config-${++fileCount}.${ext}`)
+  writeFileSync(file, contents)
+  return file
+}
+
+/** The ConfigError `fn` throws; fails the test if it returns or throws anything else. */
+function configErrorOf (fn: () => unknown): ConfigError {
+  let thrown: unknown
+  try {
+    fn()
+  } catch (err) {
+    thrown = err
+  }
+  expect(thrown, 'expected a ConfigError to be thrown').toBeInstanceOf(Error)
+  expect((thrown as Error).name).toBe('ConfigError')
+  return thrown as ConfigError
+}
+
+describe('config precedence: defaults < file < env < flags', () => {
+  it('with no file, env or flags the defaults apply and are valid', () => {
+    const config = loadConfig({ env: {} })
+    expect(config.listen).toEqual([`/ip4/0.0.0.0/tcp/${DEFAULT_PORT}`])
+    expect(config.mdns).toEqual({ enabled: true, serviceTag: DEFAULT_MDNS_SERVICE_TAG, interval: DEFAULT_MDNS_INTERVAL_MS })
+    expect(config.logLevel).toBe('info')
+    expect(config.ui).toBeNull()
+    expect(config.peers).toEqual([])
+    expect(configSchema.safeParse(defaultConfig()).success).toBe(true)
+  })
+
+  it('a JSON file overrides defaults key by key, keeping sibling defaults in nested objects', () => {
+    const file = configFile('json', JSON.stringify({ hostname: 'from-file', mdns: { interval: '2s' }, net: { maxConnections: 7 } }))
+    const config = loadConfig({ file, env: {} })
+    expect(config.hostname).toBe('from-file')
+    expect(config.mdns).toEqual({ enabled: true, serviceTag: DEFAULT_MDNS_SERVICE_TAG, interval: 2000 })
+    expect(config.net.maxConnections).toBe(7)
+    expect(config.net.allow).toEqual(defaultConfig().net?.allow)
+  })
+
+  it('a YAML file overrides defaults the same way', () => {
+    const file = configFile('yaml', 'hostname: yaml-host\nlogLevel: debug\nmdns:\n  enabled: false\nlisten:\n  - /ip4/127.0.0.1/tcp/4999\n')
+    const config = loadConfig({ file, env: {} })
+    expect(config.hostname).toBe('yaml-host')
+    expect(config.logLevel).toBe('debug')
+    expect(config.mdns.enabled).toBe(false)
+    expect(config.mdns.interval).toBe(DEFAULT_MDNS_INTERVAL_MS)
+    expect(config.listen).toEqual(['/ip4/127.0.0.1/tcp/4999'])
+  })
+
+  it('a .yml file with a JSON-style flow mapping is read as YAML', () => {
+    const file = configFile('yml', '{ hostname: flow-host, ui: "127.0.0.1:8080" }\n')
+    expect(loadConfig({ file, env: {} })).toMatchObject({ hostname: 'flow-host', ui: '127.0.0.1:8080' })
+  })
+
+  it('EDGELINK_* environment variables override the file', () => {
+    const file = configFile('yaml', 'hostname: from-file\nlogLevel: debug\nmdns: { enabled: true, interval: 1s }\n')
+    const config = loadConfig({
+      file,
+      env: {
+        EDGELINK_HOSTNAME: 'from-env',
+        EDGELINK_LOG_LEVEL: 'warn',
+        EDGELINK_MDNS: 'off',
+        EDGELINK_MDNS_INTERVAL: '2m',
+        EDGELINK_LISTEN: '/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2',
+        EDGELINK_UI: '127.0.0.1:8080'
+      }
+    })
+    expect(config.hostname).toBe('from-env')
+    expect(config.logLevel).toBe('warn')
+    expect(config.mdns.enabled).toBe(false)
+    expect(config.mdns.interval).toBe(120_000)
+    expect(config.listen).toEqual(['/ip4/127.0.0.1/tcp/1', '/ip4/127.0.0.1/tcp/2'])
+    expect(config.ui).toBe('127.0.0.1:8080')
+  })
+
+  it('EDGELINK_UI=none turns off a UI set in the file', () => {
+    const file = configFile('yaml', 'ui: 127.0.0.1:8080\n')
+    expect(loadConfig({ file, env: { EDGELINK_UI: 'none' } }).ui).toBeNull()
+  })
+
+  it('flags override the environment, and each key keeps the value of the highest layer that set it', () => {
+    const file = configFile('json', JSON.stringify({ hostname: 'from-file', logLevel: 'debug', mdns: { interval: '3s' }, labels: { site: 'a' } }))
+    const config = loadConfig({
+      file,
+      env: { EDGELINK_HOSTNAME: 'from-env', EDGELINK_LOG_LEVEL: 'warn' },
+      flags: { hostname: 'from-flag', mdns: { enabled: false } }
+    })
+    expect(config.hostname).toBe('from-flag') // set in file, env and flags
+    expect(config.logLevel).toBe('warn') // set in file and env
+    expect(config.mdns.interval).toBe(3000) // set in file only
+    expect(config.mdns.enabled).toBe(false) // set in flags only
+    expect(config.mdns.serviceTag).toBe(DEFAULT_MDNS_SERVICE_TAG) // default only
+    expect(config.labels).toEqual({ site: 'a' })
+  })
+
+  it('lists replace the lower layer instead of being appended to', () => {
+    const file = configFile('yaml', 'listen: [/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2]\npeers: [/ip4/127.0.0.1/tcp/9]\n')
+    const config = loadConfig({ file, env: {}, flags: { listen: ['/ip4/127.0.0.1/tcp/3'] } })
+    expect(config.listen).toEqual(['/ip4/127.0.0.1/tcp/3'])
+    expect(config.peers).toEqual(['/ip4/127.0.0.1/tcp/9'])
+  })
+
+  it('labels from a higher layer replace the lower layer\'s labels whole', () => {
+    const file = configFile('yaml', 'labels: { site: a, rack: r1 }\n')
+    expect(loadConfig({ file, env: {}, flags: { labels: { site: 'b' } } }).labels).toEqual({ site: 'b' })
+  })
+})
+
+describe('config validation errors name the key, the source and what is allowed', () => {
+  it('a bad multiaddr flag names the key, "command-line flags", the value and the expected form', () => {
+    const err = configErrorOf(() => loadConfig({ env: {}, flags: { listen: ['garbage'] } }))
+    expect(err.message).toContain('`listen.0`')
+    expect(err.message).toContain('command-line flags')
+    expect(err.message).toContain('"garbage"')
+    expect(err.message).toMatch(/multiaddr/)
+    expect(err.sources).toEqual(['command-line flags'])
+    expect(err.code).toBe('CONFIG_INVALID')
+  })
+
+  it('a bad log level in the file names the file and lists the allowed levels', () => {
+    const file = configFile('yaml', 'logLevel: loud\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`logLevel`')
+    expect(err.message).toContain(`config file ${file}`)
+    expect(err.message).toContain('"loud"')
+    for (const level of ['error', 'warn', 'info', 'debug']) expect(err.message).toContain(level)
+    expect(err.sources).toEqual([`config file ${file}`])
+  })
+
+  it('a bad duration in the environment names the variable and the expected form', () => {
+    const err = configErrorOf(() => loadConfig({ env: { EDGELINK_MDNS_INTERVAL: 'soon' } }))
+    expect(err.message).toContain('`mdns.interval`')
+    expect(err.message).toContain('environment variable EDGELINK_MDNS_INTERVAL')
+    expect(err.message).toMatch(/duration such as/)
+    expect(err.sources).toEqual(['environment variable EDGELINK_MDNS_INTERVAL'])
+  })
+
+  it('a non-boolean EDGELINK_MDNS names the variable and says true or false', () => {
+    const err = configErrorOf(() => loadConfig({ env: { EDGELINK_MDNS: 'maybe' } }))
+    expect(err.message).toContain('EDGELINK_MDNS')
+    expect(err.message).toContain('"maybe"')
+    expect(err.message).toMatch(/true or false/)
+    expect(err.sources).toEqual(['environment variable EDGELINK_MDNS'])
+  })
+
+  it('a mdns.interval of the wrong type says a duration is expected', () => {
+    const file = configFile('json', JSON.stringify({ mdns: { interval: true } }))
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`mdns.interval`')
+    expect(err.message).toContain(`config file ${file}`)
+    expect(err.message).toMatch(/duration/)
+  })
+
+  it('maxConnections below 1 states the lower bound', () => {
+    const err = configErrorOf(() => loadConfig({ env: {}, flags: { net: { maxConnections: 0 } } }))
+    expect(err.message).toContain('`net.maxConnections`')
+    expect(err.message).toMatch(/>=\s*1|at least 1/)
+  })
+
+  it('an empty EDGELINK_LISTEN is refused: the agent needs a listen address', () => {
+    const err = configErrorOf(() => loadConfig({ env: { EDGELINK_LISTEN: ' , ' } }))
+    expect(err.message).toContain('`listen`')
+    expect(err.message).toMatch(/at least one listen address/)
+  })
+
+  it('a UI port above 65535 is refused', () => {
+    const err = configErrorOf(() => loadConfig({ env: {}, flags: { ui: '127.0.0.1:99999' } }))
+    expect(err.message).toContain('`ui`')
+    expect(err.sources).toEqual(['command-line flags'])
+  })
+
+  it('errors from several layers are all reported with their own source', () => {
+    const file = configFile('yaml', 'logLevel: loud\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {}, flags: { listen: ['nope'] } }))
+    expect(err.sources).toContain(`config file ${file}`)
+    expect(err.sources).toContain('command-line flags')
+    expect(err.message).toContain('`logLevel`')
+    expect(err.message).toContain('`listen.0`')
+  })
+})
+
+describe('unknown config keys are rejected', () => {
+  it('an unknown top-level key in the file is named with the file and the allowed keys', () => {
+    const file = configFile('yaml', 'listn: [/ip4/127.0.0.1/tcp/1]\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('unknown key `listn`')
+    expect(err.message).toContain(`config file ${file}`)
+    expect(err.message).toMatch(/allowed: .*\blisten\b/)
+    expect(err.sources).toEqual([`config file ${file}`])
+  })
+
+  it('an unknown nested key names its parent and the allowed nested keys', () => {
+    const err = configErrorOf(() => loadConfig({ env: {}, flags: { mdns: { enable: false } } }))
+    expect(err.message).toContain('unknown key `enable` under `mdns`')
+    expect(err.message).toMatch(/allowed: .*\benabled\b/)
+    expect(err.sources).toEqual(['command-line flags'])
+  })
+
+  it('a "__proto__" key in a JSON config file is rejected as an unknown key of that file', () => {
+    const file = configFile('json', '{"__proto__": {"x": 1}}')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`__proto__`')
+    expect(err.sources).toEqual([`config file ${file}`])
+  })
+
+  it('a "__proto__" key with a scalar value is rejected too, not silently ignored', () => {
+    const file = configFile('json', '{"__proto__": 5}')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`__proto__`')
+  })
+})
+
+describe('garbage config files give a ConfigError, never a crash', () => {
+  it('invalid JSON names the file and the format on one line', () => {
+    const file = configFile('json', '{"hostname": "a",')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain(file)
+    expect(err.message).toMatch(/not valid JSON/)
+    expect(err.message).not.toContain('\n')
+  })
+
+  it('invalid YAML names the file and the format on one line', () => {
+    const file = configFile('yaml', 'hostname: [unclosed\n  - : :\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain(file)
+    expect(err.message).toMatch(/not valid YAML/)
+    expect(err.message).not.toContain('\n')
+  })
+
+  it('a YAML list instead of a mapping says a mapping is expected', () => {
+    const file = configFile('yaml', '- a\n- b\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain(file)
+    expect(err.message).toMatch(/mapping/)
+    expect(err.message).toMatch(/list/)
+  })
+
+  it('a scalar file (a lone string) says a mapping is expected', () => {
+    const file = configFile('yaml', 'just some words\n')
+    expect(configErrorOf(() => loadConfig({ file, env: {} })).message).toMatch(/mapping/)
+  })
+
+  it('a binary file is refused with a ConfigError naming the file', () => {
+    const file = configFile('yaml', Uint8Array.from([0, 1, 2, 0xff, 0xfe, 0x0a, 0x3a, 0x20, 0x80, 0x00]))
+    expect(configErrorOf(() => loadConfig({ file, env: {} })).message).toContain(file)
+  })
+
+  it('numbers too large for a double are refused, naming the key and not showing the value as null', () => {
+    const file = configFile('json', '{"mdns": {"interval": 1e999}}')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`mdns.interval`')
+    expect(err.message).toMatch(/duration/)
+    expect(err.message).not.toMatch(/: null:/)
+  })
+
+  it('a YAML number too large for maxConnections is refused', () => {
+    const file = configFile('yaml', 'net: { maxConnections: 1e400 }\n')
+    expect(configErrorOf(() => loadConfig({ file, env: {} })).message).toContain('`net.maxConnections`')
+  })
+
+  it('a self-referencing YAML alias gives a ConfigError, not a TypeError', () => {
+    const file = configFile('yaml', 'labels: &a { x: *a }\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('labels')
+    expect(err.sources).toEqual([`config file ${file}`])
+  })
+
+  it('a YAML alias bomb is refused quickly', () => {
+    const levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for (const [prev, name] of [['a', 'b'], ['b', 'c'], ['c', 'd'], ['d', 'e'], ['e', 'f'], ['f', 'g']]) {
+      levels.push(`${name}: &${name} [${Array(9).fill(`*${prev}`).join(',')}]`)
+    }
+    const file = configFile('yaml', levels.join('\n') + '\n')
+    const started = Date.now()
+    expect(configErrorOf(() => loadConfig({ file, env: {} })).message).toContain(file)
+    expect(Date.now() - started).toBeLessThan(2_000)
+  })
+
+  it('a missing file names the path and says to check --config', () => {
+    const file = join(dir, 'does-not-exist.yaml')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain(file)
+    expect(err.message).toContain('ENOENT')
+    expect(err.message).toContain('--config')
+  })
+
+  it('a directory given as the config file is a ConfigError', () => {
+    expect(configErrorOf(() => loadConfig({ file: dir, env: {} })).message).toContain('EISDIR')
+  })
+
+  it('an empty file means "no settings": the defaults apply', () => {
+    const file = configFile('yaml', '')
+    expect(loadConfig({ file, env: {} })).toEqual(loadConfig({ env: {} }))
+  })
+
+  it('any bytes in a .yaml or .json config file give a valid config or a ConfigError', () => {
+    fc.assert(fc.property(
+      fc.constantFrom('yaml', 'json'),
+      fc.oneof(
+        fc.uint8Array({ maxLength: 300 }),
+        fc.string({ maxLength: 300 }).map(s => Buffer.from(s)),
+        fc.jsonValue({ maxDepth: 4 }).map(v => Buffer.from(JSON.stringify(v)))
+      ),
+      (ext, bytes) => {
+        const file = configFile(ext, bytes)
+        try {
+          loadConfig({ file, env: {} })
+        } catch (err) {
+          if ((err as Error).name !== 'ConfigError') throw err
+        } finally {
+          rmSync(file, { force: true })
+        }
+      }
+    ), { numRuns: 300 })
+  })
+})
+
+/** Keys a person might write at the top level, plus ones that stress a naive merge. */
+const topKeys = fc.oneof(
+  { weight: 4, arbitrary: fc.constantFrom('hostname', 'listen', 'announce', 'peers', 'mdns', 'ui', 'logLevel', 'labels', 'net') },
+  { weight: 1, arbitrary: fc.constantFrom('__proto__', 'constructor', 'toString', '') },
+  { weight: 1, arbitrary: fc.string({ maxLength: 8 }) }
+)
+const nestedKeys = fc.oneof(
+  fc.constantFrom('enabled', 'serviceTag', 'interval', 'allow', 'maxConnections', '__proto__', 'x'),
+  fc.string({ maxLength: 6 })
+)
+/** A JSON value, sometimes an object using the config's own nested keys. */
+const layerValue = fc.oneof(
+  fc.jsonValue({ maxDepth: 3 }),
+  fc.dictionary(nestedKeys, fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 }),
+  fc.constantFrom('2s', '500ms', '/ip4/127.0.0.1/tcp/1', 'debug', 1e308, -1, 0, true, null)
+)
+/** One layer's values exactly as JSON.parse would hand them over from a file. */
+const layerValues = fc.dictionary(topKeys, layerValue, { maxKeys: 5 })
+  .map(v => JSON.parse(JSON.stringify(v)) as Record<string, unknown>)
+const layers = fc.array(layerValues, { minLength: 1, maxLength: 3 })
+  .map(values => [
+    { source: 'defaults', values: defaultConfig() as Record<string, unknown> },
+    ...values.map((v, i) => ({ source: `layer ${i + 1}`, values: v }))
+  ] satisfies ConfigLayer[])
+
+describe('resolveLayers with arbitrary JSON values', () => {
+  it('returns a config the schema accepts, or throws ConfigError: never another error', () => {
+    fc.assert(fc.property(layers, (ls) => {
+      let config
+      try {
+        config = resolveLayers(ls)
+      } catch (err) {
+        if ((err as Error).name !== 'ConfigError') throw err
+        return
+      }
+      expect(configSchema.safeParse(config).success).toBe(true)
+    }), { numRuns: 500 })
+  })
+
+  it('never blames the (valid) defaults: every source in a ConfigError is a layer that was given', () => {
+    fc.assert(fc.property(layers, (ls) => {
+      try {
+        resolveLayers(ls)
+      } catch (err) {
+        if ((err as Error).name !== 'ConfigError') return // the property above reports those
+        const given = ls.slice(1).map(l => l.source)
+        for (const s of (err as ConfigError).sources) expect(given).toContain(s)
+      }
+    }), { numRuns: 500 })
+  })
+})
