@@ -44,7 +44,8 @@ with `npm run build`).
 
 Commands:
   up N                 create a lab of N hosts (1..200) and a watchdog that runs
-                       `down` after LAB_TTL; prints the lab name
+                       `down` after LAB_TTL; prints the lab name. Data dirs left in
+                       LAB_DIR by an earlier run are reused (hosts keep their keys).
   down [--purge]       stop agents, kill processes in the lab's namespaces, delete
                        the namespaces (and with them the veths and the bridge), stop
                        the watchdog. Idempotent; safe after a half-failed `up`.
@@ -306,8 +307,9 @@ cmd_down() {
     shift
   done
   need_root
+  if [[ -z ${LAB:-} && -z ${LAB_DIR:-} && -z $(labs_up) ]]; then note "no lab is up; nothing to tear down"; return 0; fi
   resolve_lab
-  [[ -d $LAB_DIR ]] && lock_lab
+  if [[ -d $LAB_DIR ]]; then lock_lab; fi
   teardown
   exec 9>&-
   if (( purge )); then

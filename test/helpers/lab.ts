@@ -274,6 +274,16 @@ export class Lab {
     return at
   }
 
+  /**
+   * GET an API path straight from the host's unix socket (no CLI process): cheap enough to
+   * poll every few milliseconds, for timing measurements. Throws unless HTTP 200.
+   */
+  async api<T = unknown> (host: string, path: string): Promise<T> {
+    const r = await apiGet(join(this.dir, host, 'api.sock'), path)
+    if (r.status !== 200) throw new Error(`GET ${path} on ${host}: HTTP ${r.status}: ${r.body.slice(0, 300)}`)
+    return JSON.parse(r.body) as T
+  }
+
   async stop (host: string): Promise<void> { await this.sh(['stop', host]) }
   async kill (host: string): Promise<void> { await this.sh(['kill', host]) }
 
