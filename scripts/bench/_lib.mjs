@@ -243,3 +243,26 @@ export async function startAgent ({ bin = BIN, dataDir = tempDir(), args = [], l
     await sleep(pollMs)
   }
 }
+
+/** One JSON request with a body over a unix socket; resolves `{ statusCode, body }`. */
+export function apiRequest (socketPath, method, path, payload, timeoutMs = 30_000) {
+  return new Promise((resolve, reject) => {
+    const data = payload === undefined ? undefined : Buffer.from(JSON.stringify(payload))
+    const headers = data == null ? {} : { 'content-type': 'application/json', 'content-length': data.length }
+    const req = request({ socketPath, path, method, agent: false, timeout: timeoutMs, headers }, (res) => {
+      const chunks = []
+      res.on('data', c => chunks.push(c))
+      res.on('error', reject)
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        let body
+        try { body = text === '' ? undefined : JSON.parse(text) } catch { body = text }
+        resolve({ statusCode: res.statusCode, body })
+      })
+    })
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path} timed out after ${timeoutMs} ms`)))
+    req.on('error', reject)
+    if (data != null) req.write(data)
+    req.end()
+  })
+}

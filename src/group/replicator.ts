@@ -15,6 +15,24 @@ import { rosterCall, RosterRequestType, RosterStatus } from './roster-protocol.j
 import type { GroupKeyMaterial } from './state.js'
 import { u8 } from '../util/bytes.js'
 
+/**
+ * Resolve with the number of promises that resolved true, as soon as `needed` of
+ * them did (or all settled). `needed <= 0` resolves at once with 0.
+ */
+export async function countUntil (promises: Array<Promise<boolean>>, needed: number): Promise<number> {
+  if (needed <= 0 || promises.length === 0) return 0
+  return await new Promise<number>(resolve => {
+    let yes = 0
+    let settled = 0
+    for (const p of promises) {
+      p.then(ok => { if (ok) yes++ }, () => {}).finally(() => {
+        settled++
+        if (yes >= needed || settled === promises.length) resolve(yes)
+      })
+    }
+  })
+}
+
 export interface ReplicatorComponents {
   node: EdgelinkNode
   log: Logger
@@ -52,10 +70,10 @@ export class RosterReplicator {
   /** Throws NoQuorumError unless a majority of voters is connected or dialable now. */
   async checkReachable (current: Roster, next: Roster, acked: Set<string>): Promise<void> {
     const voters = this.voters(current, next)
+    const needed = majority(voters.length)
     const others = voters.filter(v => !acked.has(v))
-    const results = await Promise.all(others.map(async v => await this.reachable(v)))
-    const reachable = acked.size + results.filter(Boolean).length
-    if (reachable < majority(voters.length)) throw new NoQuorumError(reachable, voters.length)
+    const reachable = acked.size + await countUntil(others.map(async v => await this.reachable(v)), needed - acked.size)
+    if (reachable < needed) throw new NoQuorumError(reachable, voters.length)
   }
 
   /** Push the new roster to every voter not yet acked; resolve once a majority stored it. */
@@ -65,7 +83,8 @@ export class RosterReplicator {
     const acked = new Set(plan.acked)
     const keyBytes = GroupKey.encode({ id: plan.key.id, key: u8(plan.key.key) })
     const targets = voters.filter(v => !acked.has(v))
-    await Promise.all(targets.map(async peer => {
+    // Resolve as soon as a majority stored it; pushes to the rest finish in the background.
+    const gained = await countUntil(targets.map(async peer => {
       try {
         const res = await rosterCall(this.c.node, peerIdFromString(peer), {
           type: RosterRequestType.PUSH,
@@ -74,16 +93,18 @@ export class RosterReplicator {
           // Only members of the new roster get the key: a removed host must not read later traffic.
           groupKey: isMember(plan.next.roster, peer) ? keyBytes : new Uint8Array(0)
         }, this.c.rpcTimeoutMs)
-        if (res.status === RosterStatus.ROSTER_OK) acked.add(peer)
-        else this.c.log.warn({ peer, status: res.status, message: res.message }, 'member did not store the roster')
+        if (res.status === RosterStatus.ROSTER_OK) return true
+        this.c.log.warn({ peer, status: res.status, message: res.message }, 'member did not store the roster')
       } catch (err) {
         this.c.log.info({ peer, err: errorMessage(err) }, 'cannot push roster to member')
       }
-    }))
-    if (acked.size < needed && plan.force !== true) {
-      throw new NoQuorumError(acked.size, voters.length, `: roster v${plan.next.roster.version} was stored by ${acked.size} of ${voters.length} members and will reach the others when they return`)
+      return false
+    }), needed - acked.size)
+    const stored = acked.size + gained
+    if (stored < needed && plan.force !== true) {
+      throw new NoQuorumError(stored, voters.length, `: roster v${plan.next.roster.version} was stored by ${stored} of ${voters.length} members and will reach the others when they return`)
     }
-    return { acked: acked.size, voters: voters.length }
+    return { acked: stored, voters: voters.length }
   }
 
   /**

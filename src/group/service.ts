@@ -283,7 +283,9 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
         res = await rosterCall(this.c.node, peerIdFromString(target.peerId), {
           type: RosterRequestType.HANDOVER,
           groupId: u8(Buffer.from(cur.groupId, 'hex')),
-          handover: u8(handover.bytes)
+          handover: u8(handover.bytes),
+          // The target may lag a push behind (commits wait for a majority, not all); it catches up first.
+          roster: u8(this.requireMembership().record.bytes)
         }, this.c.config.group.rpcTimeout * 3)
       } catch (err) {
         throw new GroupStateError(`cannot reach ${target.hostname} to hand over leadership (${errorMessage(err)}); check it is running, or choose another follower`, 'TARGET_UNREACHABLE', 503)
@@ -418,6 +420,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
 
   private async onHandover (from: string, req: RosterRequest): Promise<RosterResponse> {
     const h = await verifyHandover(req.handover)
+    if (req.roster.length > 0) await this.adopt(await verifyRoster(req.roster), undefined)
     return await this.changeLock.run(async () => {
       const m = this.requireMembership()
       const r = m.record.roster
@@ -534,7 +537,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       if (record.roster.leader !== prev.leader) {
         this.c.log.info({ leader: record.roster.leader, term: record.roster.term }, 'new leader')
       }
-      await this.rememberAddresses(record.roster)
+      this.rememberAddressesLater(record.roster)
       return 'adopted'
     })
   }
@@ -550,7 +553,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       await this.groupStore.save(m)
       this.member = m
     })
-    await this.rememberAddresses(m.record.roster)
+    this.rememberAddressesLater(m.record.roster)
   }
 
   // ---- anti-entropy and reconnection ---------------------------------------------
@@ -602,6 +605,11 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     this.c.node.dial(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.config.group.dialTimeout) }).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'member not reachable yet')
     })
+  }
+
+  /** Peer-store updates are not needed to answer the leader, so they stay off the join's critical path. */
+  private rememberAddressesLater (r: Roster): void {
+    this.rememberAddresses(r).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
   }
 
   /** Put members' known addresses in the peer store so dialling by PeerId finds them. */

@@ -108,14 +108,14 @@ describe('hostile peers on the join and roster protocols', () => {
     // A forged push: the hostile host signs a roster naming itself leader of this group.
     await hostile.group.createToken()
     const forged = hostile.group.membership?.record.bytes ?? new Uint8Array()
-    const push = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.PUSH, groupId, roster: forged } as RosterRequest)], true)
+    const push = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.PUSH, groupId, roster: forged } as unknown as RosterRequest)], true)
     expect(RosterResponse.decode(push as Uint8Array).status).not.toBe(RosterStatus.ROSTER_OK)
     // A non-member may learn the roster exists but never receives the group key.
-    const pull = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.PULL, groupId, knownTerm: 0n, knownVersion: 0n } as RosterRequest)], true)
+    const pull = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.PULL, groupId, knownTerm: 0n, knownVersion: 0n } as unknown as RosterRequest)], true)
     const res = RosterResponse.decode(pull as Uint8Array)
     expect(res.groupKey.length).toBe(0)
     // A non-member cannot ask to leave or take over.
-    const leave = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.LEAVE, groupId } as RosterRequest)], true)
+    const leave = await sendRaw(ROSTER_PROTOCOL, [RosterRequest.encode({ type: RosterRequestType.LEAVE, groupId } as unknown as RosterRequest)], true)
     expect(RosterResponse.decode(leave as Uint8Array).status).toBe(RosterStatus.NOT_MEMBER)
     expect(snapshot()).toBe(before)
     await hostile.group.relinquish()

@@ -109,6 +109,8 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
   it('the leader cannot be unlinked, and a follower cannot unlink others', async () => {
     await linkTo(leader, f1)
     await linkTo(leader, f2)
+    // A commit waits for a majority, so f1 may learn of f2 a moment later.
+    await until(() => f1.group.hosts().length === 3)
     await expectCode(leader.group.unlink(), 'LEADER_CANNOT_UNLINK')
     await expectCode(leader.group.unlink(leader.peerId), 'LEADER_CANNOT_UNLINK')
     await expectCode(f1.group.unlink('lead'), 'LEADER_CANNOT_UNLINK')
