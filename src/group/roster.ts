@@ -17,6 +17,8 @@ import { u8 } from '../util/bytes.js'
 export const MAX_MEMBERS = 256
 /** Most addresses kept per member. */
 export const MAX_MEMBER_ADDRS = 16
+/** Handovers a roster carries, so a member that missed up to this many terms can verify each step. */
+export const MAX_HANDOVER_CHAIN = 16
 /** Largest encoded SignedRoster accepted from the network. */
 export const MAX_ROSTER_BYTES = 256 * 1024
 
@@ -44,6 +46,8 @@ export interface Roster {
   keyId: number
   /** SignedHandover bytes proving how `leader` became leader of `term` (term > 1). */
   handover?: Uint8Array
+  /** Earlier SignedHandovers, oldest first (at most MAX_HANDOVER_CHAIN - 1). */
+  handoverChain?: Uint8Array[]
 }
 
 /** A roster with the exact bytes that were signed, as stored and sent. */
@@ -84,15 +88,18 @@ export async function verifyRoster (bytes: Uint8Array): Promise<SignedRosterReco
   let body: RosterBody
   try {
     signed = SignedRoster.decode(bytes)
-    body = RosterBody.decode(signed.body, { limits: { members: MAX_MEMBERS } })
+    body = RosterBody.decode(signed.body, { limits: { members: MAX_MEMBERS, handoverChain: MAX_HANDOVER_CHAIN } })
   } catch (err) {
     throw new RosterError(`roster is malformed: ${(err as Error).message}`)
   }
+  // Only the exact encoding the leader produced: otherwise unsigned envelope bytes could be altered and relayed.
+  if (!equalBytes(SignedRoster.encode(signed), bytes)) throw new RosterError('roster is not in its canonical encoding')
   const roster = fromWire(body)
   const leader = peerIdFromString(roster.leader)
   if (leader.publicKey == null) throw new RosterError('roster leader has no embedded public key')
-  const ok = await leader.publicKey.verify(concat(ROSTER_CONTEXT, signed.body), signed.signature)
-  if (!ok) throw new RosterError('roster signature does not verify: it was not signed by its leader', 'ROSTER_SIGNATURE')
+  if (!await verifySignature(leader, concat(ROSTER_CONTEXT, signed.body), signed.signature)) {
+    throw new RosterError('roster signature does not verify: it was not signed by its leader', 'ROSTER_SIGNATURE')
+  }
   return { roster, bytes }
 }
 
@@ -126,9 +133,11 @@ export async function verifyHandover (bytes: Uint8Array): Promise<HandoverRecord
   } catch (err) {
     throw new RosterError(`handover is malformed: ${(err as Error).message}`)
   }
+  if (!equalBytes(SignedHandover.encode(signed), bytes)) throw new RosterError('handover is not in its canonical encoding')
   const previous = peerFromBytes(h.previousLeader)
-  const ok = previous.publicKey != null && await previous.publicKey.verify(concat(HANDOVER_CONTEXT, signed.body), signed.signature)
-  if (!ok) throw new RosterError('handover signature does not verify', 'ROSTER_SIGNATURE')
+  if (!await verifySignature(previous, concat(HANDOVER_CONTEXT, signed.body), signed.signature)) {
+    throw new RosterError('handover signature does not verify', 'ROSTER_SIGNATURE')
+  }
   return {
     groupId: hex(h.groupId),
     term: safeNumber(h.term, 'handover term'),
@@ -142,15 +151,16 @@ export async function verifyHandover (bytes: Uint8Array): Promise<HandoverRecord
 /** Why a received roster is or is not adopted. */
 export type AdoptDecision =
   | { adopt: true }
-  | { adopt: false, reason: 'same' | 'older' | 'wrong-group' | 'bad-term' }
+  | { adopt: false, reason: 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' }
 
 /**
  * Decide whether `incoming` (already signature-checked) replaces `current`.
  * - another group: never;
  * - an older term, or the same term and a version not newer: no;
  * - the same term: only from the same leader;
- * - a newer term: only with a handover signed by a member of `current`, naming
- *   this leader for exactly this term (so no outsider can declare itself leader).
+ * - a newer term: only with a chain of handovers, one per term from ours to the
+ *   new one, each signed by the previous term's leader, starting from the leader we
+ *   know. No follower or outsider can declare itself leader.
  */
 export async function decideAdopt (current: Roster | undefined, incoming: Roster): Promise<AdoptDecision> {
   if (current == null) return { adopt: true }
@@ -162,15 +172,29 @@ export async function decideAdopt (current: Roster | undefined, incoming: Roster
     return { adopt: false, reason: incoming.version === current.version ? 'same' : 'older' }
   }
   if (incoming.version <= current.version || incoming.handover == null) return { adopt: false, reason: 'bad-term' }
-  try {
-    const h = await verifyHandover(incoming.handover)
-    if (h.groupId !== incoming.groupId || h.term !== incoming.term || h.newLeader !== incoming.leader || !isMember(current, h.previousLeader)) {
+  const byTerm = new Map<number, HandoverRecord>()
+  for (const bytes of [...(incoming.handoverChain ?? []), incoming.handover]) {
+    try {
+      const h = await verifyHandover(bytes)
+      if (h.groupId === incoming.groupId) byTerm.set(h.term, h)
+    } catch {
       return { adopt: false, reason: 'bad-term' }
     }
-  } catch {
-    return { adopt: false, reason: 'bad-term' }
   }
-  return { adopt: true }
+  let leader = current.leader
+  for (let term = current.term + 1; term <= incoming.term; term++) {
+    const h = byTerm.get(term)
+    if (h == null) return { adopt: false, reason: 'term-gap' }
+    if (h.previousLeader !== leader) return { adopt: false, reason: 'bad-term' }
+    leader = h.newLeader
+  }
+  return leader === incoming.leader ? { adopt: true } : { adopt: false, reason: 'bad-term' }
+}
+
+/** The handover chain a roster of the next term carries: the previous roster's, plus its handover. */
+export function nextHandoverChain (previous: Roster): Uint8Array[] {
+  const chain = [...(previous.handoverChain ?? []), ...(previous.handover != null ? [previous.handover] : [])]
+  return chain.slice(-(MAX_HANDOVER_CHAIN - 1))
 }
 
 export function toWire (r: Roster): RosterBody {
@@ -189,7 +213,8 @@ export function toWire (r: Roster): RosterBody {
     })),
     updatedAt: BigInt(r.updatedAt),
     keyId: r.keyId,
-    handover: r.handover != null ? u8(r.handover) : new Uint8Array(0)
+    handover: r.handover != null ? u8(r.handover) : new Uint8Array(0),
+    handoverChain: (r.handoverChain ?? []).map(u8)
   }
 }
 
@@ -225,6 +250,7 @@ export function fromWire (b: RosterBody): Roster {
   })
   const leaders = members.filter(m => m.role === 'leader')
   if (leaders.length !== 1 || leaders[0].peerId !== leader) throw new RosterError('roster must list its leader as the one member with the leader role')
+  if (b.handoverChain.length >= MAX_HANDOVER_CHAIN) throw new RosterError('roster carries too many handovers')
   return {
     groupId: hex(b.groupId),
     term,
@@ -233,8 +259,23 @@ export function fromWire (b: RosterBody): Roster {
     members,
     updatedAt: safeNumber(b.updatedAt, 'roster time'),
     keyId: b.keyId,
-    handover: b.handover.length > 0 ? b.handover : undefined
+    handover: b.handover.length > 0 ? b.handover : undefined,
+    handoverChain: b.handoverChain.length > 0 ? b.handoverChain : undefined
   }
+}
+
+/** A malformed signature (wrong length) is a failed verification, not an exception. */
+async function verifySignature (signer: PeerId, data: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  if (signer.publicKey == null) return false
+  try {
+    return await signer.publicKey.verify(data, signature)
+  } catch {
+    return false
+  }
+}
+
+function equalBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
 }
 
 function peerFromBytes (b: Uint8Array): PeerId {

@@ -23,7 +23,7 @@ import { GroupStateError, NoQuorumError, RosterError, TokenError } from './error
 import { GroupStore, type GroupKeyMaterial, type Membership } from './state.js'
 import { TokenBook, view, type TokenView } from './tokens.js'
 import { encodeToken, hex, newGroupId } from './token.js'
-import { decideAdopt, isMember, memberOf, signHandover, signRoster, verifyHandover, verifyRoster, type Roster, type RosterMember, type SignedRosterRecord } from './roster.js'
+import { decideAdopt, isMember, MAX_HANDOVER_CHAIN, nextHandoverChain, memberOf, signHandover, signRoster, verifyHandover, verifyRoster, type Roster, type RosterMember, type SignedRosterRecord } from './roster.js'
 import { JOIN_PROTOCOL, joinHandler, JoinStatus, MAX_INBOUND_JOIN_STREAMS, type JoinLeaderLogic, type JoinOffer } from './join-protocol.js'
 import { MAX_INBOUND_ROSTER_STREAMS, response, ROSTER_PROTOCOL, rosterCall, rosterHandler, RosterRequestType, RosterStatus, type RosterLogic } from './roster-protocol.js'
 import { RosterReplicator } from './replicator.js'
@@ -434,6 +434,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
         leader: this.self,
         updatedAt: Date.now(),
         handover: h.bytes,
+        handoverChain: nextHandoverChain(r),
         members: r.members.map(x => ({ ...x, role: x.peerId === this.self ? 'leader' as const : 'follower' as const }))
       }
       const signed = await signRoster(next, this.c.privateKey)
@@ -518,12 +519,17 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
    * Adopt a verified roster received from the network if it is newer than ours.
    * A roster that no longer lists this host makes it idle.
    */
-  async adopt (record: SignedRosterRecord, key: GroupKeyMaterial | undefined): Promise<'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'idle'> {
+  async adopt (record: SignedRosterRecord, key: GroupKeyMaterial | undefined): Promise<'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle'> {
     return await this.stateLock.run(async () => {
       const m = this.member
       if (m == null) return 'idle'
       const d = await decideAdopt(m.record.roster, record.roster)
-      if (!d.adopt) return d.reason
+      if (!d.adopt) {
+        if (d.reason === 'term-gap') {
+          this.c.log.warn({ held: m.record.roster.term, offered: record.roster.term }, `this host missed more than ${MAX_HANDOVER_CHAIN - 1} leadership changes and cannot verify the group's current leader; unlink it on the leader with --force and link it again`)
+        }
+        return d.reason
+      }
       const prev = m.record.roster
       if (!isMember(record.roster, this.self)) {
         await this.groupStore.clear()

@@ -24,8 +24,8 @@ import { u8 } from '../util/bytes.js'
 
 export const TOKEN_PREFIX = 'elt1_'
 export const TOKEN_FORMAT_VERSION = 1
-/** Longest token text accepted; a real one is about 250 characters. */
-export const MAX_TOKEN_LENGTH = 2048
+/** Longest token text accepted; a real one is about 200 characters (base58 decoding is quadratic, so keep this small). */
+export const MAX_TOKEN_LENGTH = 1024
 export const GROUP_ID_BYTES = 16
 export const TOKEN_ID_BYTES = 8
 export const SECRET_BYTES = 16

@@ -255,6 +255,7 @@ export interface RosterBody {
   updatedAt: bigint
   keyId: number
   handover: Uint8Array<ArrayBuffer>
+  handoverChain: Uint8Array<ArrayBuffer>[]
 }
 
 export namespace RosterBody {
@@ -309,6 +310,13 @@ export namespace RosterBody {
           w.bytes(obj.handover)
         }
 
+        if (obj.handoverChain != null && obj.handoverChain.length > 0) {
+          for (const value of obj.handoverChain) {
+            w.uint32(74)
+            w.bytes(value)
+          }
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -321,7 +329,8 @@ export namespace RosterBody {
           members: [],
           updatedAt: 0n,
           keyId: 0,
-          handover: uint8ArrayAlloc(0)
+          handover: uint8ArrayAlloc(0),
+          handoverChain: []
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -368,6 +377,14 @@ export namespace RosterBody {
               obj.handover = reader.bytes()
               break
             }
+            case 9: {
+              if (opts.limits?.handoverChain != null && obj.handoverChain.length === opts.limits.handoverChain) {
+                throw new MaxLengthError('Decode error - repeated field "handoverChain" had too many elements')
+              }
+
+              obj.handoverChain.push(reader.bytes())
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -378,7 +395,8 @@ export namespace RosterBody {
         return obj
       }, function * (reader, length, prefix, opts = {}) {
         const obj = {
-          members: 0
+          members: 0,
+          handoverChain: 0
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -452,6 +470,21 @@ export namespace RosterBody {
                 field: `${prefix}.handover`,
                 value: reader.bytes()
               }
+              break
+            }
+            case 9: {
+              if (opts.limits?.handoverChain != null && obj.handoverChain === opts.limits.handoverChain) {
+                throw new MaxLengthError('Streaming decode error - repeated field "handoverChain" had too many elements')
+              }
+
+              yield {
+                field: `${prefix}.handoverChain[]`,
+                index: obj.handoverChain,
+                value: reader.bytes()
+              }
+
+              obj.handoverChain++
+
               break
             }
             default: {
@@ -537,6 +570,12 @@ export namespace RosterBody {
     value: Uint8Array<ArrayBuffer>
   }
 
+  export interface RosterBodyHandoverChainFieldEvent {
+    field: '$.handoverChain[]'
+    index: number
+    value: Uint8Array<ArrayBuffer>
+  }
+
   export function encode (obj: Partial<RosterBody>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, RosterBody.codec())
   }
@@ -545,7 +584,7 @@ export namespace RosterBody {
     return decodeMessage(buf, RosterBody.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<RosterBody>): Generator<RosterBodyGroupIdFieldEvent | RosterBodyTermFieldEvent | RosterBodyVersionFieldEvent | RosterBodyLeaderFieldEvent | RosterBodyMembersPeerIdFieldEvent | RosterBodyMembersHostnameFieldEvent | RosterBodyMembersAddrsFieldEvent | RosterBodyMembersRoleFieldEvent | RosterBodyMembersJoinedAtFieldEvent | RosterBodyMembersAgentVersionFieldEvent | RosterBodyUpdatedAtFieldEvent | RosterBodyKeyIdFieldEvent | RosterBodyHandoverFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<RosterBody>): Generator<RosterBodyGroupIdFieldEvent | RosterBodyTermFieldEvent | RosterBodyVersionFieldEvent | RosterBodyLeaderFieldEvent | RosterBodyMembersPeerIdFieldEvent | RosterBodyMembersHostnameFieldEvent | RosterBodyMembersAddrsFieldEvent | RosterBodyMembersRoleFieldEvent | RosterBodyMembersJoinedAtFieldEvent | RosterBodyMembersAgentVersionFieldEvent | RosterBodyUpdatedAtFieldEvent | RosterBodyKeyIdFieldEvent | RosterBodyHandoverFieldEvent | RosterBodyHandoverChainFieldEvent> {
     return streamMessage(buf, RosterBody.codec(), opts)
   }
 }

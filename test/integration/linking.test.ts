@@ -161,6 +161,39 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     expect(back.group.membership?.key.id).toBe(leader.group.membership?.key.id)
   })
 
+  it('a member that was down through two handovers verifies the chain and follows the newest leader', async () => {
+    const f3 = await set.start({ name: 'f3', config: FAST })
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await linkTo(leader, f3)
+    await until(() => f3.group.hosts().length === 4)
+    const dir = f3.paths.root
+    await f3.stop()
+    set.agents.splice(set.agents.indexOf(f3), 1)
+    await leader.group.relinquish('f1') // term 2: 3 of 4 reachable
+    await until(() => f1.hostStatus().role === 'leader')
+    await f1.group.relinquish('f2') // term 3
+    await until(() => f2.hostStatus().role === 'leader')
+    const back = await set.start({ name: 'f3', dataDir: dir, config: FAST })
+    await until(() => back.hostStatus().term === 3 && back.hostStatus().leader === f2.peerId)
+    expect(back.hostStatus().role).toBe('follower')
+  })
+
+  it('a follower cannot make itself leader with a handover it signed', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await until(() => f2.group.hosts().length === 3)
+    const { signHandover, signRoster } = await import('../../src/group/roster.js')
+    const r = f1.group.roster
+    if (r == null) throw new Error('f1 has no roster')
+    const key = (f1 as unknown as { node: { components?: unknown } }) && await (await import('../../src/identity/index.js')).loadOrCreateIdentity(f1.paths.identityKey)
+    const h = await signHandover({ groupId: r.groupId, term: r.term + 1, newLeader: f1.peerId, previousLeader: f1.peerId, issuedAt: Date.now() }, key.privateKey)
+    const forged = await signRoster({ ...r, term: r.term + 1, version: r.version + 1, leader: f1.peerId, handover: h.bytes, members: r.members.map(m => ({ ...m, role: m.peerId === f1.peerId ? 'leader' as const : 'follower' as const })) }, key.privateKey)
+    expect(await f2.group.adopt(forged, undefined)).toBe('bad-term')
+    expect(await leader.group.adopt(forged, undefined)).toBe('bad-term')
+    expect(f2.hostStatus().leader).toBe(leader.peerId)
+  })
+
   it('two hosts racing with one token: exactly one is admitted', async () => {
     await linkTo(leader, f1) // a group of 2, so the race also exercises quorum pushes
     const { token } = await leader.group.createToken()

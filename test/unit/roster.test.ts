@@ -381,8 +381,8 @@ describe('decideAdopt', () => {
   })
 
   it('does not adopt a handover for a different term', async () => {
-    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { term: 5 })))).toEqual({ adopt: false, reason: 'bad-term' })
-    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { term: 3 })))).toEqual({ adopt: false, reason: 'bad-term' })
+    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { term: 5 })))).toEqual({ adopt: false, reason: 'term-gap' })
+    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { term: 3 })))).toEqual({ adopt: false, reason: 'term-gap' })
   })
 
   it('does not adopt a handover naming another leader than the roster\'s', async () => {
@@ -390,7 +390,7 @@ describe('decideAdopt', () => {
   })
 
   it('does not adopt a handover for another group', async () => {
-    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { groupId: hex(newGroupId()) })))).toEqual({ adopt: false, reason: 'bad-term' })
+    expect(await decideAdopt(current, nextTerm(alice, await handover(leader, { groupId: hex(newGroupId()) })))).toEqual({ adopt: false, reason: 'term-gap' })
   })
 
   it('does not adopt (or throw on) a handover that is garbage', async () => {
