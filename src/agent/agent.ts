@@ -21,6 +21,7 @@ import { GroupService } from '../group/service.js'
 import { ReplServer } from '../repl/server.js'
 import { AGENT_VERSION } from '../version.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
+import { Mutex } from '../util/mutex.js'
 
 export interface AgentInit {
   /** Absolute path of the data dir. */
@@ -70,6 +71,7 @@ export class Agent {
   readonly paths: DataDirPaths
   readonly log: Logger
   private state: AgentState = { status: 'stopped' }
+  private readonly lifecycle = new Mutex()
 
   constructor (init: AgentInit) {
     this.config = init.config
@@ -90,10 +92,20 @@ export class Agent {
   /**
    * Start every service. Fails (leaving nothing running) if another agent holds the
    * data dir, the identity key is unreadable, or a listen address is taken.
+   * Starts and stops run one after another: a start called during a stop waits for
+   * the stop, and a stop called during a start stops the agent once it has started.
    */
   async start (): Promise<void> {
-    if (this.state.status === 'running' || this.state.status === 'starting') return
-    if (this.state.status === 'stopping') throw new EdgelinkError('the agent is stopping; start it again once it has stopped', 'AGENT_STOPPING', 409)
+    await this.lifecycle.run(async () => { await this.doStart() })
+  }
+
+  /** Stop every service: network first so no new work arrives, store last. Idempotent. */
+  async stop (): Promise<void> {
+    await this.lifecycle.run(async () => { await this.doStop() })
+  }
+
+  private async doStart (): Promise<void> {
+    if (this.state.status === 'running') return
     this.state = { status: 'starting' }
     const started = Date.now()
     const undo: Array<() => Promise<void>> = []
@@ -109,7 +121,7 @@ export class Agent {
       const identity = await loadOrCreateIdentity(this.paths.identityKey)
       if (identity.tightened) this.log.warn({ file: this.paths.identityKey }, 'identity key file was readable by others; permissions tightened to 0600')
       const node = await createNode(this.config, identity.privateKey)
-      const peers = new PeerTable(node)
+      const peers = new PeerTable(node, (peer, err) => { this.log.debug({ peer, err: errorMessage(err) }, 'cannot dial discovered agent') })
       peers.start()
       await node.start()
       undo.push(async () => { peers.stop(); await node.stop() })
@@ -143,8 +155,7 @@ export class Agent {
     }
   }
 
-  /** Stop every service: network first so no new work arrives, store last. Idempotent. */
-  async stop (): Promise<void> {
+  private async doStop (): Promise<void> {
     if (this.state.status !== 'running') return
     const running = this.state
     this.state = { status: 'stopping' }

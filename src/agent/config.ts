@@ -24,7 +24,7 @@ export const DEFAULT_TOKEN_TTL_MS = 2 * 60 * 1000
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
-const duration = (what: string): z.ZodType<number> => z.union([z.number(), z.string()])
+const duration = (what: string): z.ZodType<number> => z.union([z.number(), z.string()], { error: `expected ${what} as a duration such as 500ms, 10s or 2m` })
   .transform((v, ctx) => {
     const ms = typeof v === 'number' ? v : parseDuration(v)
     if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
@@ -42,7 +42,9 @@ const multiaddrString = z.string().superRefine((v, ctx) => {
   }
 })
 
-const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT such as 127.0.0.1:8080')
+const hostPort = z.string()
+  .regex(/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/, 'expected HOST:PORT such as 127.0.0.1:8080')
+  .refine(v => { const port = Number(v.slice(v.lastIndexOf(':') + 1)); return port >= 1 && port <= 65535 }, 'expected a port from 1 to 65535')
 
 export const configSchema = z.object({
   /** Name shown to operators; defaults to the machine's hostname. */
@@ -184,9 +186,21 @@ export function resolveLayers (layers: ConfigLayer[]): AgentConfig {
       return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map(k => `\`${k}\``).join(', ')}${where} (from ${sourceOf(sources, [...issue.path.map(String), issue.keys[0]])}); allowed: ${allowed.join(', ')}`
     }
     const value = valueAt(merged, issue.path.map(String))
-    return `invalid value for \`${key}\` (from ${source}): ${JSON.stringify(value) ?? 'undefined'}: ${issue.message}`
+    return `invalid value for \`${key}\` (from ${source}): ${renderValue(value)}: ${issue.message}`
   })
   throw new ConfigError(lines.join('; '), blamed)
+}
+
+/** A value as a person should see it in an error: short, never throwing (cycles, Infinity, BigInt). */
+export function renderValue (value: unknown): string {
+  let text: string
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value)
+  try {
+    text = JSON.stringify(value, (_k, v: unknown) => typeof v === 'bigint' ? v.toString() : (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v)) ?? String(value)
+  } catch {
+    text = Array.isArray(value) ? '[a self-referencing list]' : '{a self-referencing mapping}'
+  }
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text
 }
 
 function readConfigFile (file: string): Record<string, unknown> {
@@ -198,7 +212,7 @@ function readConfigFile (file: string): Record<string, unknown> {
   }
   let parsed: unknown
   try {
-    parsed = /\.json$/i.test(file) ? JSON.parse(text) : parseYaml(text, { maxAliasCount: 100 })
+    parsed = /\.json$/i.test(file) ? JSON.parse(text) : parseYaml(text, { maxAliasCount: 100, logLevel: 'error' })
   } catch (err) {
     const msg = errorMessage(err).split('\n')[0]
     throw new ConfigError(`config file ${file} is not valid ${/\.json$/i.test(file) ? 'JSON' : 'YAML'}: ${msg}`)
@@ -239,6 +253,12 @@ function isPlainObject (v: unknown): v is Record<string, unknown> {
 function mergeInto (base: Record<string, unknown>, over: Record<string, unknown>, path: string[], source: string, sources: Map<string, string>): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base }
   for (const [k, v] of Object.entries(over)) {
+    if (k === '__proto__' || k === 'constructor' || k === 'prototype') {
+      // Defined as an own property, so the strict schema reports it as an unknown key of this layer.
+      Object.defineProperty(out, k, { value: v, enumerable: true, writable: true, configurable: true })
+      sources.set([...path, k].join('.'), source)
+      continue
+    }
     const p = [...path, k]
     // `labels` is a record of values chosen by the operator: replace it whole, never merge defaults into it.
     if (isPlainObject(v) && isPlainObject(out[k]) && k !== 'labels') {

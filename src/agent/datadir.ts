@@ -49,7 +49,10 @@ export function prepareDataDir (root: string): { paths: DataDirPaths, tightened:
   try {
     mkdirSync(root, { recursive: true, mode: 0o700 })
   } catch (err) {
-    throw new EdgelinkError(`cannot create data dir ${root}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; choose another --data-dir or fix its parent's permissions`, 'DATA_DIR_INVALID', 400)
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') throw new EdgelinkError(`data dir ${root} exists but is not a directory; choose another --data-dir`, 'DATA_DIR_INVALID', 400)
+    if (code === 'ENOTDIR') throw new EdgelinkError(`cannot create data dir ${root}: part of its path is a file, not a directory; choose another --data-dir`, 'DATA_DIR_INVALID', 400)
+    throw new EdgelinkError(`cannot create data dir ${root}: ${code ?? String(err)}; choose another --data-dir or fix its parent's permissions`, 'DATA_DIR_INVALID', 400)
   }
   const st = statSync(root)
   if (!st.isDirectory()) {

@@ -4,7 +4,7 @@
  * The Local UI's TCP listener is a second `listen` on the same routes (later issue).
  */
 import { chmodSync, rmSync } from 'node:fs'
-import Fastify, { type FastifyInstance, type FastifyError } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyError, type FastifyReply } from 'fastify'
 import type { Agent } from '../agent/agent.js'
 import type { Logger } from '../agent/logger.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
@@ -55,8 +55,22 @@ export class ApiServer {
 
 /** The fastify app with every route, for the unix socket (and later the UI listener). */
 export function buildApp (agent: Agent, log: Logger): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: MAX_JSON_BODY, return503OnClosing: true })
-
+  const app = Fastify({
+    logger: false,
+    bodyLimit: MAX_JSON_BODY,
+    return503OnClosing: true,
+    // Errors fastify raises before routing (a bad URL escape, an unknown method) use our format too.
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as unknown as FastifyReply).code(400).send(errorBody('BAD_REQUEST', `invalid request: ${err.message}`))
+    },
+    // Errors below routing (oversized headers, an unknown method, garbage bytes): our format, then close.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) { socket.destroy(); return }
+      const tooLarge = err.code === 'HPE_HEADER_OVERFLOW'
+      const body = JSON.stringify(errorBody(tooLarge ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST', tooLarge ? 'request headers are too large' : 'malformed HTTP request (unknown method or bad syntax)'))
+      socket.end(`HTTP/1.1 ${tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+    }
+  })
   app.setErrorHandler((err: FastifyError | EdgelinkError, req, reply) => {
     if (err instanceof EdgelinkError) {
       if (err.status >= 500) log.error({ err: err.message, code: err.code, url: req.url }, 'request failed')

@@ -45,7 +45,9 @@ export async function main (argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(err.code)) return 0
+      if (['commander.helpDisplayed', 'commander.version'].includes(err.code)) return 0
+      // `edgelink` with no command (or `edgelink token` with no subcommand) prints help: a usage error.
+      if (err.code === 'commander.help') return EXIT_USAGE
       if (err.code === 'commander.executeSubCommandAsync') return 1
       // Commander already printed the message; a usage error exits 2.
       return EXIT_USAGE
@@ -54,7 +56,9 @@ export async function main (argv: string[]): Promise<number> {
       process.stderr.write(`edgelink: ${err.message}\n`)
       return err.exitCode
     }
-    process.stderr.write(`edgelink: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`)
+    // One line, never a stack trace: the agent's log has the details.
+    const first = (err instanceof Error ? err.message : String(err)).split('\n')[0]
+    process.stderr.write(`edgelink: unexpected error: ${first}\n`)
     return 1
   }
 }

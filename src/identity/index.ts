@@ -5,7 +5,7 @@
  * host a stranger to its group.
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, chmodSync, writeSync } from 'node:fs'
-import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
+import { generateKeyPair, generateKeyPairFromSeed, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { IdentityError } from '../errors.js'
 
@@ -40,6 +40,12 @@ export async function loadOrCreateIdentity (file: string): Promise<LoadedIdentit
   }
   if (privateKey.type !== 'Ed25519') {
     throw new IdentityError(`identity key file ${file} holds a ${privateKey.type} key; edgelink needs Ed25519; ${RECOVERY_HINT}`)
+  }
+  // An Ed25519 private key stores its public half too; a flipped bit in either half must not
+  // load as a different (or non-signing) identity.
+  const rederived = await generateKeyPairFromSeed('Ed25519', privateKey.raw.subarray(0, 32))
+  if (!rederived.publicKey.equals(privateKey.publicKey)) {
+    throw new IdentityError(`identity key file ${file} is corrupt (its public half does not match its private half); ${RECOVERY_HINT}`)
   }
   let tightened = false
   if ((statSync(file).mode & 0o077) !== 0) {

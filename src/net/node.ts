@@ -11,7 +11,8 @@ import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
 import { mdns } from '@libp2p/mdns'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
-import type { PrivateKey } from '@libp2p/interface'
+import type { PeerDiscovery, PrivateKey } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { AgentConfig } from '../agent/config.js'
 import { AGENT_VERSION, USER_AGENT } from '../version.js'
 
@@ -19,6 +20,8 @@ export interface EdgelinkServices extends Record<string, unknown> {
   identify: Identify
   ping: Ping
   pubsub: GossipSub
+  /** Present when mDNS is on; a service (not a plain peerDiscovery entry) so its own events can be told apart. */
+  mdns?: PeerDiscovery
 }
 
 export type EdgelinkNode = Libp2p<EdgelinkServices>
@@ -35,23 +38,26 @@ export type EdgelinkNode = Libp2p<EdgelinkServices>
 export const GOSSIP_HEARTBEAT_MS = 700
 
 export async function createNode (config: AgentConfig, privateKey: PrivateKey): Promise<EdgelinkNode> {
-  const peerDiscovery = config.mdns.enabled
-    ? [mdns({ serviceTag: config.mdns.serviceTag, interval: config.mdns.interval, peerName: config.hostname })]
-    : []
-  return await createLibp2p({
+  // The mDNS name must be unique and short: @libp2p/mdns ignores answers whose name starts with
+  // its own (so "h1" would never see "h10") and refuses names of 64 characters or more.
+  const peerName = peerIdFromPrivateKey(privateKey).toString()
+  const mdnsService = config.mdns.enabled
+    ? { mdns: mdns({ serviceTag: config.mdns.serviceTag, interval: config.mdns.interval, peerName }) }
+    : {}
+  return await createLibp2p<EdgelinkServices>({
     privateKey,
     start: false,
     addresses: { listen: config.listen, announce: config.announce },
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    peerDiscovery,
     nodeInfo: { name: 'edgelink', version: AGENT_VERSION, userAgent: USER_AGENT },
     connectionManager: {
       maxConnections: config.net.maxConnections,
       allow: config.net.allow
     },
     services: {
+      ...(mdnsService as Record<string, never>),
       identify: identify(),
       ping: ping(),
       pubsub: gossipsub({

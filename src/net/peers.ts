@@ -5,6 +5,9 @@
 import type { PeerId, PeerInfo, Connection } from '@libp2p/interface'
 import type { EdgelinkNode } from './node.js'
 
+/** Dialling a host found on the LAN: a LAN answers in milliseconds; a stuck dial must not pile up. */
+const DISCOVERY_DIAL_TIMEOUT_MS = 5_000
+
 export type FoundVia = 'mdns' | 'config' | 'inbound' | 'outbound'
 
 export interface PeerEntry {
@@ -22,20 +25,32 @@ export class PeerTable {
   private readonly node: EdgelinkNode
   private readonly self: string
   private readonly listeners: Array<[string, (evt: CustomEvent) => void]> = []
+  private readonly unsubscribe: Array<() => void> = []
   private started = false
 
-  constructor (node: EdgelinkNode) {
+  private readonly onDialError: (peer: string, err: unknown) => void
+
+  /**
+   * @param onDialError - called when dialling a discovered agent fails (it stays listed,
+   * marked not connected); the agent logs it.
+   */
+  constructor (node: EdgelinkNode, onDialError: (peer: string, err: unknown) => void = () => {}) {
     this.node = node
     this.self = node.peerId.toString()
+    this.onDialError = onDialError
   }
 
   start (): void {
     if (this.started) return
     this.started = true
-    this.on('peer:discovery', (evt) => {
-      const info = evt.detail as PeerInfo
-      this.touch(info.id, 'mdns', info.multiaddrs.map(String))
-    })
+    // Only answers to edgelink's mDNS service tag count as "found on the LAN"; libp2p's own
+    // peer:discovery also fires for peers learned through identify.
+    const mdns = this.node.services.mdns
+    if (mdns != null) {
+      const onPeer = (evt: CustomEvent<PeerInfo>): void => { this.onMdnsPeer(evt.detail) }
+      mdns.addEventListener('peer', onPeer)
+      this.unsubscribe.push(() => { mdns.removeEventListener('peer', onPeer) })
+    }
     this.on('connection:open', (evt) => {
       const conn = evt.detail as Connection
       this.touch(conn.remotePeer, conn.direction === 'inbound' ? 'inbound' : 'outbound', [conn.remoteAddr.toString()])
@@ -61,7 +76,22 @@ export class PeerTable {
   stop (): void {
     for (const [name, fn] of this.listeners) this.node.removeEventListener(name as never, fn as never)
     this.listeners.length = 0
+    for (const fn of this.unsubscribe) fn()
+    this.unsubscribe.length = 0
     this.started = false
+  }
+
+  /**
+   * An mDNS answer: the host's current addresses replace what we had (DHCP may have
+   * moved it). Only edgelink agents answer our service tag, so dial it: that runs
+   * identify (agent version) and makes `connected` meaningful. The other side dials
+   * too, so expect two connections per pair.
+   */
+  private onMdnsPeer (info: PeerInfo): void {
+    this.touch(info.id, 'mdns', info.multiaddrs.map(String), true)
+    if (!this.isConnected(info.id.toString())) {
+      this.node.dial(info.id, { signal: AbortSignal.timeout(DISCOVERY_DIAL_TIMEOUT_MS) }).catch(err => { this.onDialError(info.id.toString(), err) })
+    }
   }
 
   /** Record that a peer was configured and is being dialled. */
@@ -79,7 +109,7 @@ export class PeerTable {
     return this.node.getConnections().some(c => c.remotePeer.toString() === peerId)
   }
 
-  private touch (peerId: PeerId, via: FoundVia, addresses: string[]): void {
+  private touch (peerId: PeerId, via: FoundVia, addresses: string[], replace = false): void {
     const id = peerId.toString()
     if (id === this.self) return
     let entry = this.entries.get(id)
@@ -88,7 +118,8 @@ export class PeerTable {
       this.entries.set(id, entry)
     }
     if (!entry.via.includes(via)) entry.via.push(via)
-    for (const a of addresses) if (!entry.addresses.includes(a)) entry.addresses.push(a)
+    if (replace) entry.addresses = addresses.slice(0, 16)
+    else for (const a of addresses) if (!entry.addresses.includes(a) && entry.addresses.length < 16) entry.addresses.push(a)
     entry.connected = this.isConnected(id)
     entry.lastSeen = Date.now()
   }

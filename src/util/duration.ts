@@ -6,11 +6,11 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000,
  */
 export function parseDuration (text: string): number | undefined {
   const s = text.trim()
-  if (/^\d+(\.\d+)?$/.test(s)) return Number(s)
+  if (/^\d+(\.\d+)?$/.test(s)) return Number.isFinite(Number(s)) ? Number(s) : undefined
   if (s === '' || !/^(\d+(\.\d+)?(ms|s|m|h|d))+$/.test(s)) return undefined
   let total = 0
   for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) total += Number(m[1]) * UNITS[m[2]]
-  return total
+  return Number.isFinite(total) ? total : undefined
 }
 
 /** Format milliseconds for people: `2m`, `45s`, `1h5m`, `250ms`. */
