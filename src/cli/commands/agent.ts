@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Command } from 'commander'
-import { stringify as toYaml } from 'yaml'
 import { resolveDataDir } from '../../agent/datadir.js'
 import { withCommon, type CommonOptions } from '../common.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
@@ -59,7 +58,11 @@ export function registerAgent (program: Command): void {
       }
       if (opts.printConfig === true) {
         if (opts.json === true) printJson({ dataDir, configFile: file ?? null, config })
-        else process.stdout.write(`# data dir: ${dataDir}\n# config file: ${file ?? '(none)'}\n` + toYaml(config))
+        else {
+          // Loaded lazily (~45 ms): only --print-config needs a YAML writer.
+          const { stringify: toYaml } = await import('yaml')
+          process.stdout.write(`# data dir: ${dataDir}\n# config file: ${file ?? '(none)'}\n` + toYaml(config))
+        }
         return
       }
       const { runAgent } = await import('../../agent/run.js')
