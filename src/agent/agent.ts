@@ -17,7 +17,9 @@ import { createNode, type EdgelinkNode } from '../net/node.js'
 import { PeerTable, type PeerEntry } from '../net/peers.js'
 import { ApiServer } from '../api/server.js'
 import { AuditLog } from '../audit/index.js'
-import { GroupService } from '../group/service.js'
+import { GroupService, type HostRow } from '../group/service.js'
+import { StatusService, type MemberLiveness } from '../status/service.js'
+import { SettingsService } from '../settings/service.js'
 import { ReplServer } from '../repl/server.js'
 import { AGENT_VERSION } from '../version.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
@@ -55,6 +57,8 @@ interface Running {
   node: EdgelinkNode
   peers: PeerTable
   group: GroupService
+  hostStatus: StatusService
+  settings: SettingsService
   api: ApiServer
   repl: ReplServer
   startedAt: number
@@ -88,6 +92,17 @@ export class Agent {
   get store (): Store { return this.running().store }
   get peerId (): string { return this.running().node.peerId.toString() }
   get group (): GroupService { return this.running().group }
+  get hostState (): StatusService { return this.running().hostStatus }
+  get settings (): SettingsService { return this.running().settings }
+
+  /** The linked hosts table with each member's liveness and health. */
+  hostsTable (): Array<HostRow & MemberLiveness> {
+    const r = this.running()
+    return r.group.hosts().map(h => {
+      const l = r.hostStatus.memberLiveness(h.peerId)
+      return { ...h, ...l, lastSeen: h.self ? h.lastSeen : (l.lastHeard ?? h.lastSeen) }
+    })
+  }
 
   /**
    * Start every service. Fails (leaving nothing running) if another agent holds the
@@ -129,10 +144,15 @@ export class Agent {
       const group = new GroupService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:group' }), audit })
       await group.start()
       undo.push(async () => { await group.stop() })
+      const status = new StatusService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:status' }), audit, group, dataDir: this.paths.root })
+      const settings = new SettingsService({ store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:settings' }), audit, group, status }, node.peerId.toString())
+      await status.start()
+      undo.push(async () => { await status.stop() })
+      await settings.start()
 
       const api = new ApiServer(this, this.paths.apiSocket, this.log.child({ component: 'agent:api' }))
       const repl = new ReplServer(this, this.paths.replSocket, this.log.child({ component: 'agent:repl' }))
-      this.state = { status: 'running', store, node, peers, group, api, repl, startedAt: started }
+      this.state = { status: 'running', store, node, peers, group, hostStatus: status, settings, api, repl, startedAt: started }
       await api.start()
       undo.push(async () => { await api.stop() })
       await repl.start()
@@ -164,6 +184,7 @@ export class Agent {
     }
     await step('repl', async () => { await running.repl.stop() })
     await step('api', async () => { await running.api.stop() })
+    await step('status', async () => { await running.hostStatus.stop() })
     await step('group', async () => { await running.group.stop() })
     await step('peer table', () => { running.peers.stop() })
     await step('libp2p', async () => { await running.node.stop() })

@@ -81,6 +81,30 @@ export const configSchema = z.object({
     /** How often the newest roster is pulled from a member (anti-entropy). */
     antiEntropyInterval: duration('group.antiEntropyInterval')
   }).strict(),
+  status: z.object({
+    /** Status is published when it changes and at least this often. */
+    interval: duration('status.interval'),
+    /** Each member is pinged this often (liveness). */
+    probeInterval: duration('status.probeInterval'),
+    /** Silence before a member is suspect. */
+    suspectAfter: duration('status.suspectAfter'),
+    /** Silence before a member is down. */
+    downAfter: duration('status.downAfter'),
+    /** How often statuses and settings are pulled from a member (anti-entropy). */
+    antiEntropyInterval: duration('status.antiEntropyInterval'),
+    /** Largest group message accepted. */
+    maxMessageBytes: z.number().int().min(1024).max(1024 * 1024),
+    /** Sustained group messages per second accepted from one host. */
+    ratePerSecond: z.number().min(0.1).max(10_000),
+    /** Burst above that rate. */
+    rateBurst: z.number().int().min(1).max(100_000)
+  }).strict(),
+  settings: z.object({
+    /** Executable that applies host settings (JSON on stdin), or null to only store them. */
+    hook: z.string().min(1).nullable(),
+    /** How long the hook may run. */
+    hookTimeout: duration('settings.hookTimeout')
+  }).strict(),
   net: z.object({
     /** Multiaddr ranges never rate limited (libp2p limits inbound connections per host to 5/s), e.g. /ip4/127.0.0.0/ipcidr/8. */
     allow: z.array(multiaddrString),
@@ -113,6 +137,17 @@ export function defaultConfig (): AgentConfigInput {
       reconnectInterval: 5_000,
       antiEntropyInterval: 30_000
     },
+    status: {
+      interval: 10_000,
+      probeInterval: 1_000,
+      suspectAfter: 2_500,
+      downAfter: 4_000,
+      antiEntropyInterval: 15_000,
+      maxMessageBytes: 64 * 1024,
+      ratePerSecond: 20,
+      rateBurst: 40
+    },
+    settings: { hook: null, hookTimeout: 30_000 },
     net: { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'], maxConnections: 300 }
   }
 }
@@ -130,7 +165,9 @@ export const ENV_KEYS: Record<string, { path: string[], kind: Kind }> = {
   EDGELINK_MDNS_INTERVAL: { path: ['mdns', 'interval'], kind: 'duration' },
   EDGELINK_UI: { path: ['ui'], kind: 'nullable' },
   EDGELINK_LOG_LEVEL: { path: ['logLevel'], kind: 'string' },
-  EDGELINK_TOKEN_TTL: { path: ['group', 'tokenTtl'], kind: 'duration' }
+  EDGELINK_TOKEN_TTL: { path: ['group', 'tokenTtl'], kind: 'duration' },
+  EDGELINK_SETTINGS_HOOK: { path: ['settings', 'hook'], kind: 'nullable' },
+  EDGELINK_STATUS_INTERVAL: { path: ['status', 'interval'], kind: 'duration' }
 }
 
 /** One layer of configuration and where it came from, for error messages. */

@@ -14,6 +14,7 @@ export type AuditEvent =
   | 'unlink' | 'unlinked'
   | 'leader.changed'
   | 'liveness.changed'
+  | 'settings.issued' | 'settings.applied' | 'settings.refused'
 
 export interface AuditEntry {
   time: string

@@ -15,6 +15,7 @@ import { registerToken } from './commands/token.js'
 import { registerLink } from './commands/link.js'
 import { registerUnlink } from './commands/unlink.js'
 import { registerLeader } from './commands/leader.js'
+import { registerSettings } from './commands/settings.js'
 
 export function buildProgram (): Command {
   const program = new Command('edgelink')
@@ -32,6 +33,7 @@ export function buildProgram (): Command {
   registerLink(program)
   registerUnlink(program)
   registerLeader(program)
+  registerSettings(program)
   registerRepl(program)
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)]
   for (const cmd of all(program)) cmd.exitOverride()

@@ -87,6 +87,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
   private listeners: Listener[] = []
   private timers: NodeJS.Timeout[] = []
   private running = false
+  private readonly changeListeners = new Set<() => void>()
 
   constructor (c: GroupComponents) {
     this.c = c
@@ -143,6 +144,34 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     await this.c.node.unhandle(ROSTER_PROTOCOL)
   }
 
+  /** Call `fn` whenever the stored membership changes (roster, key, or becoming idle). */
+  onChange (fn: () => void): () => void {
+    this.changeListeners.add(fn)
+    return () => { this.changeListeners.delete(fn) }
+  }
+
+  private notify (): void {
+    for (const fn of this.changeListeners) {
+      try { fn() } catch (err) { this.c.log.error({ err: errorMessage(err) }, 'membership listener failed') }
+    }
+  }
+
+  /**
+   * The leader of `term` as far as this host can tell: the current leader for the
+   * current term, else from the roster's handover chain. Undefined if unknown.
+   */
+  async leaderOfTerm (term: number): Promise<string | undefined> {
+    const r = this.roster
+    if (r == null) return undefined
+    if (term === r.term) return r.leader
+    for (const bytes of [...(r.handoverChain ?? []), ...(r.handover != null ? [r.handover] : [])]) {
+      const h = await verifyHandover(bytes)
+      if (h.term === term + 1) return h.previousLeader
+      if (h.term === term) return h.newLeader
+    }
+    return undefined
+  }
+
   // ---- queries ----------------------------------------------------------
 
   get membership (): Membership | undefined { return this.member }
@@ -166,7 +195,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
         peerId: m.peerId,
         hostname: m.hostname,
         role: m.role,
-        addresses: self ? this.ownAddresses() : (this.learnedAddrs.get(m.peerId) ?? (conns.length > 0 ? conns.map(c => c.remoteAddr.toString()) : m.addresses)),
+        addresses: self ? this.ownAddresses() : (this.learnedAddrs.get(m.peerId) ?? (conns.length > 0 ? conns.map(c => c.remoteAddr.decapsulateCode(421).toString()) : m.addresses)),
         connected: self || conns.length > 0,
         lastSeen: seen != null ? new Date(seen).toISOString() : null,
         self,
@@ -520,6 +549,12 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
    * A roster that no longer lists this host makes it idle.
    */
   async adopt (record: SignedRosterRecord, key: GroupKeyMaterial | undefined): Promise<'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle'> {
+    const outcome = await this.adoptLocked(record, key)
+    if (outcome === 'adopted') this.notify()
+    return outcome
+  }
+
+  private async adoptLocked (record: SignedRosterRecord, key: GroupKeyMaterial | undefined): Promise<'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle'> {
     return await this.stateLock.run(async () => {
       const m = this.member
       if (m == null) return 'idle'
@@ -551,6 +586,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
   /** Forget the membership (the host becomes idle) without telling anyone. */
   async forget (): Promise<void> {
     await this.stateLock.run(async () => { await this.groupStore.clear(); this.member = undefined })
+    this.notify()
   }
 
   /** Store a membership this host created or joined. */
@@ -560,6 +596,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       this.member = m
     })
     this.rememberAddressesLater(m.record.roster)
+    this.notify()
   }
 
   // ---- anti-entropy and reconnection ---------------------------------------------

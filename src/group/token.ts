@@ -31,6 +31,13 @@ export const TOKEN_ID_BYTES = 8
 export const SECRET_BYTES = 16
 const NONCE_BYTES = 12
 const TAG_BYTES = 16
+/**
+ * Fewest bytes a real token decodes to: fixed fields, a 38-byte PeerId, an empty
+ * sealed address list and the CRC. Shorter input that fails its CRC was cut off.
+ */
+const MIN_TOKEN_BYTES = 2 + 18 + 40 + 10 + 18 + 3 + 2 + NONCE_BYTES + TAG_BYTES + 4
+/** About how many characters that is in base58 (log(256)/log(58) ≈ 1.37 per byte), plus the prefix. */
+const MIN_TOKEN_CHARS = Math.round(MIN_TOKEN_BYTES * 1.37) + TOKEN_PREFIX.length
 /** At most this many sealed addresses; a host has a handful. */
 export const MAX_TOKEN_ADDRS = 16
 
@@ -87,7 +94,12 @@ export function decodeToken (text: string): TokenFields {
   if (raw.length < 5) throw new TokenError('the token is truncated; copy the whole token again from the leader', 'TOKEN_DAMAGED')
   const payload = raw.subarray(0, raw.length - 4)
   const crc = Buffer.from(raw.subarray(raw.length - 4)).readUInt32BE()
-  if (crc32(payload, 0) !== crc) throw new TokenError('the token is damaged (truncated or mistyped); copy the whole token again from the leader', 'TOKEN_DAMAGED')
+  if (crc32(payload, 0) !== crc) {
+    if (raw.length < MIN_TOKEN_BYTES) {
+      throw new TokenError(`the token is truncated (${s.length} characters; a whole token is about ${MIN_TOKEN_CHARS} or more); copy the whole token again from the leader`, 'TOKEN_DAMAGED')
+    }
+    throw new TokenError('the token is damaged: a character was changed or mistyped; copy it again from the leader', 'TOKEN_DAMAGED')
+  }
 
   let p: TokenPayload
   try {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander'
 import type { GroupStatusFields } from '../../group/service.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
-import { CliError, EXIT_USAGE } from '../errors.js'
+import { CliError } from '../errors.js'
 import { printJson } from '../output.js'
 
 export function registerLink (program: Command): void {
@@ -10,7 +10,7 @@ export function registerLink (program: Command): void {
     .argument('<token>', 'the token printed by `edgelink token create` on the leader ("-" reads it from stdin)')
     .action(async (token: string, opts: CommonOptions) => {
       const text = token === '-' ? await readStdin() : token
-      if (text.trim() === '') throw new CliError('no token given; pass the token printed by `edgelink token create` on the leader', EXIT_USAGE)
+      // An empty token is bad input like any other malformed token: the agent says so (exit 1).
       const r = await clientFor(opts).post<GroupStatusFields & { hosts: number }>('/api/v1/link', { token: text.trim() })
       if (opts.json === true) { printJson(r); return }
       process.stdout.write(`Linked to group ${r.groupId ?? '?'} (leader ${r.leader ?? '?'}, ${r.hosts} hosts). See \`edgelink hosts\`.\n`)

@@ -2,7 +2,7 @@ import type { Command } from 'commander'
 import type { CreatedToken } from '../../group/service.js'
 import type { TokenView } from '../../group/tokens.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
-import { ago, formatTable, printJson } from '../output.js'
+import { formatDuration, formatTable, printJson } from '../output.js'
 
 export function registerToken (program: Command): void {
   const token = program.command('token').description('issue, list and revoke join tokens (leader)')
@@ -14,7 +14,7 @@ export function registerToken (program: Command): void {
       const t = await clientFor(opts).post<CreatedToken>('/api/v1/tokens', opts.ttl != null ? { ttl: opts.ttl } : {})
       if (opts.json === true) { printJson(t); return }
       process.stdout.write(`${t.token}\n`)
-      process.stderr.write(`Token ${t.id} for group ${t.groupId}, single use, expires ${t.expiresAt} (${ago(Date.parse(t.expiresAt)).replace(' ago', '')}).\nOn the host to link, run: edgelink link <token>\n`)
+      process.stderr.write(`Token ${t.id} for group ${t.groupId}, single use, expires ${t.expiresAt} (in ${formatDuration(Math.max(0, Date.parse(t.expiresAt) - Date.now()))}).\nOn the host to link, run: edgelink link <token>\n`)
     })
 
   withCommon(token.command('list'))

@@ -1,0 +1,391 @@
+/**
+ * Host status and liveness across the group (see protocols/group.md). Publishes this
+ * host's status on the sealed group topic when it changes and periodically, keeps the
+ * newest verified status of every member, probes members for liveness, and repairs
+ * whatever gossip missed by pulling from members (`/edgelink/group/1.0.0`).
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
+import type { AgentConfig } from '../agent/config.js'
+import type { Logger } from '../agent/logger.js'
+import type { AuditLog } from '../audit/index.js'
+import type { EdgelinkNode } from '../net/node.js'
+import type { Store, Sublevel } from '../store/index.js'
+import type { GroupService } from '../group/service.js'
+import { errorMessage, NotFoundError } from '../errors.js'
+import { rpcCall, rpcHandler } from '../net/rpc.js'
+import { AGENT_VERSION } from '../version.js'
+import { u8 } from '../util/bytes.js'
+import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type GroupMessage } from '../wire/group.js'
+import { collectSystem, healthOf } from './collect.js'
+import { GroupGossip, type GossipCounters } from './gossip.js'
+import { LivenessTable, type LivenessState } from './liveness.js'
+import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
+
+export const GROUP_PROTOCOL = '/edgelink/group/1.0.0'
+/** A pull answer holds one status per member and one settings record per member. */
+const MAX_GROUP_FRAME = 2 * 256 * MAX_RECORD_BYTES
+const EMPTY = new Uint8Array(0)
+
+/** What the settings service contributes to status and to pulls. */
+export interface SettingsHooks {
+  /** This host's settings state, reported in its status. */
+  state: () => SettingsStateView
+  /** Settings records this host holds, to answer a pull. */
+  records: () => Uint8Array[]
+  /** A settings record arrived (gossip, pull or push). */
+  receive: (bytes: Uint8Array, via: string) => Promise<'stored' | 'stale' | 'refused'>
+}
+
+export interface StatusComponents {
+  node: EdgelinkNode
+  store: Store
+  privateKey: PrivateKey
+  config: AgentConfig
+  log: Logger
+  audit: AuditLog
+  group: GroupService
+  dataDir: string
+}
+
+export interface MemberLiveness {
+  liveness: LivenessState
+  lastHeard: string | null
+  health: string | null
+}
+
+export class StatusService {
+  private readonly c: StatusComponents
+  private readonly self: string
+  private readonly gossip: GroupGossip
+  private readonly liveness: LivenessTable
+  private readonly db: Sublevel<string>
+  private readonly statuses = new Map<string, Verified<HostStatusView>>()
+  private settings?: SettingsHooks
+  private timers: NodeJS.Timeout[] = []
+  private unsubscribe?: () => void
+  private lastFingerprint = ''
+  private lastSeq = 0n
+  private readonly pulling = new Set<string>()
+  private onConnect?: (evt: CustomEvent<{ remotePeer: PeerId }>) => void
+  private running = false
+
+  constructor (c: StatusComponents) {
+    this.c = c
+    this.self = c.node.peerId.toString()
+    this.db = c.store.sublevel<string>('status')
+    const s = c.config.status
+    this.liveness = new LivenessTable({ suspectAfterMs: s.suspectAfter, downAfterMs: s.downAfter })
+    this.gossip = new GroupGossip(c.node, c.log, { maxMessageBytes: s.maxMessageBytes, ratePerSecond: s.ratePerSecond, rateBurst: s.rateBurst },
+      (from, msg) => { void this.onGossip(from, msg) },
+      (from) => { this.pullSoon(from) })
+  }
+
+  /** The settings service plugs in here (it needs this service to publish). */
+  attachSettings (hooks: SettingsHooks): void {
+    this.settings = hooks
+  }
+
+  get counters (): GossipCounters { return this.gossip.counters }
+
+  async start (): Promise<void> {
+    if (this.running) return
+    this.running = true
+    for await (const [peer, b64] of this.db.iterator()) {
+      try {
+        this.statuses.set(peer, await verifyStatus(Buffer.from(b64, 'base64')))
+      } catch (err) {
+        this.c.log.warn({ peer, err: errorMessage(err) }, 'dropping a stored status that does not verify')
+        await this.db.del(peer)
+      }
+    }
+    await this.c.node.handle(GROUP_PROTOCOL, rpcHandler({
+      protocol: GROUP_PROTOCOL,
+      request: GroupRequest,
+      response: GroupResponse,
+      maxFrameBytes: MAX_RECORD_BYTES + 1024,
+      timeoutMs: this.c.config.group.rpcTimeout,
+      malformed: groupResponse(GroupStatus.GROUP_INVALID, 'malformed group request'),
+      handle: async (remote, req) => await this.handleRequest(remote, req),
+      log: this.c.log
+    }), { maxInboundStreams: 32 })
+    this.gossip.start()
+    this.onConnect = (evt) => {
+      const peer = evt.detail.remotePeer.toString()
+      if (this.c.group.isMemberPeer(peer)) {
+        this.heard(peer)
+        this.pullSoon(peer)
+      }
+    }
+    this.c.node.addEventListener('connection:open', this.onConnect as never)
+    this.unsubscribe = this.c.group.onChange(() => { this.followMembership() })
+    this.followMembership()
+    const s = this.c.config.status
+    this.timers.push(setInterval(() => { void this.publish(false) }, Math.min(1000, s.interval)))
+    this.timers.push(setInterval(() => { this.probe() }, s.probeInterval))
+    this.timers.push(setInterval(() => { this.evaluate() }, Math.max(100, Math.floor(s.probeInterval / 4))))
+    this.timers.push(setInterval(() => { this.antiEntropy() }, s.antiEntropyInterval))
+  }
+
+  async stop (): Promise<void> {
+    if (!this.running) return
+    this.running = false
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    this.unsubscribe?.()
+    if (this.onConnect != null) this.c.node.removeEventListener('connection:open', this.onConnect as never)
+    this.gossip.stop()
+    await this.c.node.unhandle(GROUP_PROTOCOL)
+  }
+
+  // ---- queries ------------------------------------------------------------
+
+  /** The newest status of a member (PeerId or hostname); this host's is collected now. */
+  statusOf (host: string): HostStatusView & Omit<MemberLiveness, 'health'> {
+    const member = this.c.group.membership != null ? this.c.group.resolveHost(host) : undefined
+    const peer = member?.peerId ?? (host === this.self || host === this.c.config.hostname ? this.self : undefined)
+    if (peer == null) throw new NotFoundError(`no linked host is named or has the PeerId "${host.slice(0, 80)}"; see \`edgelink hosts\``, 'UNKNOWN_HOST')
+    if (peer !== this.self) {
+      const s = this.statuses.get(peer)
+      if (s == null) throw new NotFoundError(`no status from ${member?.hostname ?? peer} yet; it has not been heard from since this host started`, 'STATUS_UNKNOWN')
+      const { liveness, lastHeard } = this.memberLiveness(peer)
+      return { ...s.view, liveness, lastHeard }
+    }
+    return { ...this.statuses.get(this.self)?.view ?? this.buildView(), liveness: 'alive', lastHeard: new Date().toISOString() }
+  }
+
+  memberLiveness (peer: string): MemberLiveness {
+    if (peer === this.self) return { liveness: 'alive', lastHeard: new Date().toISOString(), health: this.statuses.get(peer)?.view.health ?? null }
+    const l = this.liveness.get(peer)
+    return {
+      liveness: l?.state ?? 'down',
+      lastHeard: l != null ? new Date(l.lastHeard).toISOString() : null,
+      health: this.statuses.get(peer)?.view.health ?? null
+    }
+  }
+
+  // ---- publishing -------------------------------------------------------------
+
+  /**
+   * Publish this host's status if what operators care about changed, or `force`, or
+   * the interval passed. Load, memory and uptime change all the time and ride along.
+   */
+  async publish (force: boolean): Promise<void> {
+    if (!this.running) return
+    try {
+      const facts = collectSystem(this.c.dataDir)
+      const health = healthOf(facts)
+      const fp = JSON.stringify([this.c.group.statusFields(), this.ownAddresses(), health, this.c.config.labels, this.settings?.state(), Math.round(facts.diskFree / 2 ** 30)])
+      const prev = this.statuses.get(this.self)
+      const due = prev == null || Date.now() - Date.parse(prev.view.at) >= this.c.config.status.interval
+      if (!force && fp === this.lastFingerprint && !due) return
+      this.lastFingerprint = fp
+      const signed = await signStatus(this.buildWire(facts, health), this.c.privateKey)
+      this.statuses.set(this.self, signed)
+      if (this.c.group.membership != null) {
+        await this.gossip.publish({ type: GroupMessageType.STATUS, record: u8(signed.bytes) })
+      }
+    } catch (err) {
+      this.c.log.warn({ err: errorMessage(err) }, 'cannot publish status')
+    }
+  }
+
+  /** Publish a settings record on the group topic. */
+  async publishSettings (bytes: Uint8Array): Promise<void> {
+    await this.gossip.publish({ type: GroupMessageType.SETTINGS, record: u8(bytes) })
+  }
+
+  /** Deliver a settings record straight to its target (best effort; gossip and pulls also carry it). */
+  async pushSettings (target: string, bytes: Uint8Array): Promise<boolean> {
+    const r = this.c.group.roster
+    if (r == null) return false
+    try {
+      const res = await rpcCall(this.c.node, peerIdFromString(target), GROUP_PROTOCOL,
+        { type: GroupRequestType.PUSH_SETTINGS, groupId: u8(Buffer.from(r.groupId, 'hex')), record: u8(bytes) },
+        { request: GroupRequest, response: GroupResponse }, { maxFrameBytes: MAX_GROUP_FRAME, timeoutMs: this.c.config.group.rpcTimeout })
+      return res.status === GroupStatus.GROUP_OK
+    } catch (err) {
+      this.c.log.info({ target, err: errorMessage(err) }, 'cannot push settings to target; it will pull them when it returns')
+      return false
+    }
+  }
+
+  private buildWire (facts = collectSystem(this.c.dataDir), health = healthOf(facts)): Parameters<typeof signStatus>[0] {
+    const now = BigInt(Date.now()) * 1000n
+    this.lastSeq = now > this.lastSeq ? now : this.lastSeq + 1n
+    const st = this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null }
+    const role = this.c.group.statusFields().role
+    return {
+      peerId: peerBytes(this.self),
+      seq: this.lastSeq,
+      at: BigInt(Date.now()),
+      hostname: this.c.config.hostname,
+      addresses: this.ownAddresses(),
+      agentVersion: AGENT_VERSION,
+      uptimeMs: BigInt(Math.round(process.uptime() * 1000)),
+      platform: facts.platform,
+      osRelease: facts.osRelease,
+      kernel: facts.kernel,
+      arch: facts.arch,
+      cpus: facts.cpus,
+      load1: facts.load[0],
+      load5: facts.load[1],
+      load15: facts.load[2],
+      memTotal: BigInt(facts.memTotal),
+      memFree: BigInt(facts.memFree),
+      diskTotal: BigInt(facts.diskTotal),
+      diskFree: BigInt(facts.diskFree),
+      role: role ?? 'idle',
+      health: health.health,
+      healthDetail: health.detail,
+      labels: mapToLabels(this.c.config.labels),
+      settings: { version: BigInt(st.version), state: st.state, message: st.message, at: BigInt(st.at != null ? Date.parse(st.at) : 0) }
+    }
+  }
+
+  private buildView (): HostStatusView {
+    const w = this.buildWire()
+    const facts = collectSystem(this.c.dataDir)
+    return {
+      peerId: this.self,
+      seq: w.seq.toString(),
+      at: new Date().toISOString(),
+      hostname: w.hostname,
+      addresses: w.addresses,
+      agentVersion: w.agentVersion,
+      uptimeMs: Number(w.uptimeMs),
+      os: { platform: w.platform, release: w.osRelease, kernel: w.kernel, arch: w.arch },
+      cpus: w.cpus,
+      load: facts.load,
+      memory: { total: facts.memTotal, free: facts.memFree },
+      disk: { total: facts.diskTotal, free: facts.diskFree },
+      role: w.role,
+      health: w.health,
+      healthDetail: w.healthDetail,
+      labels: { ...this.c.config.labels },
+      settings: this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null }
+    }
+  }
+
+  private ownAddresses (): string[] {
+    return this.c.group.ownAddresses().slice(0, 16)
+  }
+
+  // ---- receiving ------------------------------------------------------------------
+
+  private async onGossip (from: string, msg: GroupMessage): Promise<void> {
+    this.heard(from)
+    if (msg.type === GroupMessageType.STATUS) await this.acceptStatus(msg.record, from)
+    else if (msg.type === GroupMessageType.SETTINGS) await this.settings?.receive(msg.record, from)
+  }
+
+  /** Keep a status if it verifies, its origin is a member, and it is newer than ours. */
+  private async acceptStatus (bytes: Uint8Array, via: string): Promise<boolean> {
+    let s: Verified<HostStatusView>
+    try {
+      s = await verifyStatus(bytes)
+    } catch (err) {
+      this.c.log.debug({ via, err: errorMessage(err) }, 'status record refused')
+      return false
+    }
+    const origin = s.view.peerId
+    if (origin === this.self || !this.c.group.isMemberPeer(origin)) return false
+    const held = this.statuses.get(origin)
+    if (held != null && BigInt(held.view.seq) >= BigInt(s.view.seq)) return false
+    this.statuses.set(origin, s)
+    await this.db.put(origin, Buffer.from(s.bytes).toString('base64'))
+    return true
+  }
+
+  private async handleRequest (remote: PeerId, req: GroupRequest): Promise<GroupResponse> {
+    const r = this.c.group.roster
+    const peer = remote.toString()
+    if (r == null || Buffer.from(req.groupId).toString('hex') !== r.groupId || !this.c.group.isMemberPeer(peer)) {
+      return groupResponse(GroupStatus.GROUP_NOT_MEMBER, 'not a member of this host\'s group')
+    }
+    this.heard(peer)
+    if (req.type === GroupRequestType.PULL_STATE) {
+      const statuses = [...this.statuses.entries()].filter(([p]) => p === this.self || this.c.group.isMemberPeer(p)).map(([, s]) => u8(s.bytes))
+      return { ...groupResponse(GroupStatus.GROUP_OK), statuses, settings: (this.settings?.records() ?? []).map(u8) }
+    }
+    if (req.type === GroupRequestType.PUSH_SETTINGS) {
+      const outcome = await this.settings?.receive(req.record, peer)
+      return outcome === 'refused' ? groupResponse(GroupStatus.GROUP_INVALID, 'settings change refused (not signed by the leader, or malformed)') : groupResponse(GroupStatus.GROUP_OK)
+    }
+    return groupResponse(GroupStatus.GROUP_INVALID, 'unknown request type')
+  }
+
+  /** Pull statuses and settings from a member: gossip is fast, pull is the truth. */
+  async pullFrom (peer: string): Promise<void> {
+    const r = this.c.group.roster
+    if (r == null) return
+    const res = await rpcCall(this.c.node, peerIdFromString(peer), GROUP_PROTOCOL,
+      { type: GroupRequestType.PULL_STATE, groupId: u8(Buffer.from(r.groupId, 'hex')), record: u8(EMPTY) },
+      { request: GroupRequest, response: GroupResponse }, { maxFrameBytes: MAX_GROUP_FRAME, timeoutMs: this.c.config.group.rpcTimeout })
+    if (res.status !== GroupStatus.GROUP_OK) return
+    this.heard(peer)
+    for (const s of res.statuses.slice(0, 256)) await this.acceptStatus(s, peer)
+    for (const s of res.settings.slice(0, 256)) await this.settings?.receive(s, peer)
+  }
+
+  private pullSoon (peer: string): void {
+    if (this.pulling.has(peer) || peer === this.self) return
+    this.pulling.add(peer)
+    this.pullFrom(peer).catch(err => {
+      this.c.log.debug({ peer, err: errorMessage(err) }, 'status pull failed')
+    }).finally(() => { this.pulling.delete(peer) })
+  }
+
+  private antiEntropy (): void {
+    const others = this.members().filter(p => this.c.node.getConnections(peerIdFromString(p)).length > 0)
+    const pick = others[Math.floor(Math.random() * others.length)]
+    if (pick != null) this.pullSoon(pick)
+  }
+
+  // ---- liveness ---------------------------------------------------------------------
+
+  private members (): string[] {
+    return this.c.group.roster?.members.map(m => m.peerId).filter(p => p !== this.self) ?? []
+  }
+
+  private followMembership (): void {
+    const m = this.c.group.membership
+    this.gossip.setGroup(m == null
+      ? undefined
+      : { groupId: m.record.roster.groupId, key: m.key, isMember: (p) => this.c.group.isMemberPeer(p) })
+    this.liveness.track(this.members())
+    for (const p of this.statuses.keys()) {
+      if (p !== this.self && !this.c.group.isMemberPeer(p)) {
+        this.statuses.delete(p)
+        this.db.del(p).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot drop status of a former member') })
+      }
+    }
+    void this.publish(true)
+  }
+
+  private heard (peer: string): void {
+    const change = this.liveness.heard(peer)
+    if (change != null) this.recordChange(change.peer, change.from, change.to, 0)
+  }
+
+  /** Ping every member; a round trip is as good as a message. */
+  private probe (): void {
+    for (const peer of this.members()) {
+      this.c.node.services.ping.ping(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.config.status.probeInterval) })
+        .then(() => { this.heard(peer) }, () => {})
+    }
+  }
+
+  private evaluate (): void {
+    for (const ch of this.liveness.evaluate()) this.recordChange(ch.peer, ch.from, ch.to, ch.silentMs)
+  }
+
+  private recordChange (peer: string, from: LivenessState, to: LivenessState, silentMs: number): void {
+    const hostname = this.c.group.roster?.members.find(m => m.peerId === peer)?.hostname
+    this.c.audit.record('liveness.changed', { peer, hostname, from, to, silentMs })
+  }
+}
+
+function groupResponse (status: GroupStatus, message = ''): GroupResponse {
+  return { status, message, statuses: [], settings: [] }
+}
