@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Command } from 'commander'
+import type * as Yaml from 'yaml'
 import { resolveDataDir } from '../../agent/datadir.js'
 import { withCommon, type CommonOptions } from '../common.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
@@ -59,8 +60,11 @@ export function registerAgent (program: Command): void {
       if (opts.printConfig === true) {
         if (opts.json === true) printJson({ dataDir, configFile: file ?? null, config })
         else {
-          // Loaded lazily (~45 ms): only --print-config needs a YAML writer.
-          const { stringify: toYaml } = await import('yaml')
+          // Loaded lazily (~45 ms): only --print-config needs a YAML writer. `yaml` is
+          // CommonJS: in the esbuild bundle its dynamic import has a default export only.
+          const yaml = await import('yaml') as Partial<typeof Yaml> & { default?: typeof Yaml }
+          const toYaml = yaml.stringify ?? yaml.default?.stringify
+          if (toYaml == null) throw new Error('the yaml module has no stringify()')
           process.stdout.write(`# data dir: ${dataDir}\n# config file: ${file ?? '(none)'}\n` + toYaml(config))
         }
         return
