@@ -1,0 +1,267 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest'
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import pWaitFor from 'p-wait-for'
+import fc from 'fast-check'
+import type { Message } from '@libp2p/gossipsub'
+import { AgentSet, tempDir } from '../helpers/agents.js'
+import type { Agent } from '../../src/agent/agent.js'
+import { topicFor } from '../../src/status/gossip.js'
+import { openMessage, sealMessage } from '../../src/status/envelope.js'
+import { GroupMessageType } from '../../src/wire/group.js'
+import { peerBytes, signSettings, signStatus, mapToLabels } from '../../src/status/records.js'
+import { loadOrCreateIdentity } from '../../src/identity/index.js'
+import type { LivenessState } from '../../src/status/liveness.js'
+
+/** Shortened timers (serf's testConfig idea): liveness in hundreds of ms, not seconds. */
+const FAST = {
+  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 1500, rpcTimeout: 1500, joinTimeout: 5000 },
+  status: { interval: 1000, probeInterval: 150, suspectAfter: 500, downAfter: 1000, antiEntropyInterval: 500 }
+}
+
+async function until (fn: () => boolean | Promise<boolean>, timeout = 10_000): Promise<void> {
+  await pWaitFor(fn, { timeout, interval: 20 })
+}
+
+function labelsOf (viewer: Agent, target: Agent): Record<string, string> | undefined {
+  try { return viewer.hostState.statusOf(target.peerId).labels } catch { return undefined }
+}
+
+async function linkAll (leader: Agent, ...followers: Agent[]): Promise<void> {
+  for (const f of followers) await f.group.link((await leader.group.createToken()).token)
+  const n = followers.length + 1
+  await until(() => [leader, ...followers].every(a => a.group.hosts().length === n))
+}
+
+/** Change this agent's labels the way a restart with a new config would, and publish. */
+async function relabel (a: Agent, labels: Record<string, string>): Promise<void> {
+  a.config.labels = labels
+  await a.hostState.publish(true)
+}
+
+describe('group gossip: status, liveness, key rotation', () => {
+  const set = new AgentSet()
+  let leader: Agent
+  let f1: Agent
+  let f2: Agent
+
+  beforeEach(async () => {
+    leader = await set.start({ name: 'lead', config: FAST })
+    f1 = await set.start({ name: 'f1', config: FAST })
+    f2 = await set.start({ name: 'f2', config: FAST })
+    await linkAll(leader, f1, f2)
+  })
+  afterEach(async () => { await set.stopAll() })
+
+  it('a status change on one host is seen by the others', async () => {
+    await until(() => labelsOf(leader, f1) != null && labelsOf(f2, f1) != null)
+    await relabel(f1, { rack: 'r7' })
+    await until(() => labelsOf(leader, f1)?.rack === 'r7' && labelsOf(f2, f1)?.rack === 'r7', 3000)
+    const s = f2.hostState.statusOf('f1')
+    expect(s).toMatchObject({ hostname: 'f1', role: 'follower', health: expect.any(String), liveness: 'alive' })
+    expect(s.cpus).toBeGreaterThan(0)
+    expect(s.disk.total).toBeGreaterThan(0)
+    expect(leader.hostState.counters.accepted).toBeGreaterThan(0)
+  })
+
+  it('a stopped host becomes suspect then down everywhere, and alive again when it returns', async () => {
+    const seen = { lead: new Set<LivenessState>(), f2: new Set<LivenessState>() }
+    const watch = setInterval(() => {
+      seen.lead.add(leader.hostState.memberLiveness(f1Id).liveness)
+      seen.f2.add(f2.hostState.memberLiveness(f1Id).liveness)
+    }, 20)
+    const f1Id = f1.peerId
+    const dir = f1.paths.root
+    try {
+      await f1.stop()
+      set.agents.splice(set.agents.indexOf(f1), 1)
+      await until(() => leader.hostState.memberLiveness(f1Id).liveness === 'down' && f2.hostState.memberLiveness(f1Id).liveness === 'down', 5000)
+      expect([...seen.lead]).toContain('suspect')
+      expect(leader.hostsTable().find(h => h.peerId === f1Id)?.liveness).toBe('down')
+      const events = readFileSync(leader.paths.auditLog, 'utf8').split('\n').filter(l => l.includes('liveness.changed'))
+      expect(events.some(l => l.includes('"to":"down"'))).toBe(true)
+      await set.start({ name: 'f1', dataDir: dir, config: FAST })
+      await until(() => leader.hostState.memberLiveness(f1Id).liveness === 'alive' && f2.hostState.memberLiveness(f1Id).liveness === 'alive', 10_000)
+    } finally {
+      clearInterval(watch)
+    }
+  })
+
+  it('a member that missed messages while stopped pulls the newest statuses when it returns', async () => {
+    await until(() => labelsOf(f2, f1) != null)
+    const dir = f2.paths.root
+    await f2.stop()
+    set.agents.splice(set.agents.indexOf(f2), 1)
+    await relabel(f1, { zone: 'north' })
+    await until(() => labelsOf(leader, f1)?.zone === 'north')
+    const back = await set.start({ name: 'f2', dataDir: dir, config: FAST })
+    await until(() => labelsOf(back, f1)?.zone === 'north', 10_000)
+  })
+
+  it('an unlinked host can neither read nor inject group messages', async () => {
+    const old = f2.group.membership
+    if (old == null) throw new Error('f2 not linked')
+    const groupId = old.record.roster.groupId
+    const topic = topicFor(groupId)
+    const f2Id = f2.peerId
+    await leader.group.unlink('f2')
+    await until(() => f2.group.membership === undefined && leader.group.membership?.key.id === old.key.id + 1)
+
+    // A removed host that keeps its old key and listens on the topic anyway.
+    const got: Message[] = []
+    const onMsg = (evt: CustomEvent<Message>): void => { if (evt.detail.topic === topic) got.push(evt.detail) }
+    f2.node.services.pubsub.addEventListener('message', onMsg)
+    f2.node.services.pubsub.topicValidators.delete(topic)
+    f2.node.services.pubsub.subscribe(topic)
+    await until(() => leader.node.services.pubsub.getSubscribers(topic).some(p => p.toString() === f2Id))
+    await until(async () => { await relabel(leader, { n: String(Date.now()) }); return got.length > 0 }, 10_000)
+    for (const m of got) {
+      expect(openMessage(m.data, old.key, Buffer.from(groupId, 'hex'), m.type === 'signed' ? m.from.toMultihash().bytes : new Uint8Array()).ok).toBe(false)
+    }
+
+    // And what it publishes, sealed with the key it still has, is rejected.
+    const before = leader.hostState.counters.rejected['not-member']
+    const identity = await loadOrCreateIdentity(f2.paths.identityKey)
+    const status = await signStatus({ ...statusWire(f2Id), labels: mapToLabels({ injected: 'yes' }) }, identity.privateKey)
+    const env = sealMessage({ type: GroupMessageType.STATUS, record: status.bytes as Uint8Array<ArrayBuffer> }, old.key, Buffer.from(groupId, 'hex'), f2.node.peerId.toMultihash().bytes)
+    await until(async () => {
+      await f2.node.services.pubsub.publish(topic, env).catch(() => undefined)
+      return leader.hostState.counters.rejected['not-member'] > before
+    }, 10_000)
+    expect(() => leader.hostState.statusOf(f2Id)).toThrow()
+    f2.node.services.pubsub.removeEventListener('message', onMsg)
+  })
+
+  it('a non-member on the LAN that subscribes reads nothing and its messages are rejected', async () => {
+    const outsider = await set.start({ name: 'outsider', config: FAST })
+    const groupId = leader.hostStatus().groupId ?? ''
+    const topic = topicFor(groupId)
+    await outsider.dial(leader.node.getMultiaddrs()[0].toString())
+    const got: Message[] = []
+    outsider.node.services.pubsub.addEventListener('message', (evt) => { if (evt.detail.topic === topic) got.push(evt.detail) })
+    outsider.node.services.pubsub.subscribe(topic)
+    await until(() => leader.node.services.pubsub.getSubscribers(topic).some(p => p.toString() === outsider.peerId))
+    await until(async () => { await relabel(leader, { n: String(Date.now()) }); return got.length > 0 }, 10_000)
+    // It has no key at all: a guessed key of the right id opens nothing.
+    for (const m of got) expect(openMessage(m.data, { id: 1, key: new Uint8Array(32) }, Buffer.from(groupId, 'hex'), new Uint8Array()).ok).toBe(false)
+    const before = leader.hostState.counters.rejected['not-member']
+    await until(async () => {
+      await outsider.node.services.pubsub.publish(topic, new Uint8Array([1, 2, 3])).catch(() => undefined)
+      return leader.hostState.counters.rejected['not-member'] > before
+    }, 10_000)
+    expect(leader.status).toBe('running')
+  })
+
+  it('malformed, forged and replayed envelopes from a member are refused and change nothing', async () => {
+    await until(() => labelsOf(leader, f1) != null)
+    const m = f1.group.membership
+    if (m == null) throw new Error('f1 not linked')
+    const groupId = Buffer.from(m.record.roster.groupId, 'hex')
+    const topic = topicFor(m.record.roster.groupId)
+    const sender = f1.node.peerId.toMultihash().bytes
+    const seqBefore = leader.hostState.statusOf('f1').seq
+    await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 2000 }), async (junk) => {
+      await f1.node.services.pubsub.publish(topic, junk).catch(() => undefined)
+    }), { numRuns: 30 })
+    // A sealed message whose record is an old (replayed) status of f1.
+    const identity = await loadOrCreateIdentity(f1.paths.identityKey)
+    const stale = await signStatus({ ...statusWire(f1.peerId), seq: 1n, labels: mapToLabels({ replayed: 'yes' }) }, identity.privateKey)
+    await f1.node.services.pubsub.publish(topic, sealMessage({ type: GroupMessageType.STATUS, record: stale.bytes as Uint8Array<ArrayBuffer> }, m.key, groupId, sender)).catch(() => undefined)
+    // An oversized one.
+    await f1.node.services.pubsub.publish(topic, new Uint8Array(FAST_MAX + 1)).catch(() => undefined)
+    // Messages from one sender are handled in order: once the oversized one (sent last) is
+    // rejected, the replay has been seen and must not have replaced the newer status.
+    await until(() => leader.hostState.counters.rejected.oversized > 0)
+    await until(() => leader.hostState.counters.rejected.malformed + leader.hostState.counters.rejected.forged > 0)
+    expect(labelsOf(leader, f1)?.replayed).toBeUndefined()
+    expect(leader.hostState.statusOf('f1').seq).toBe(seqBefore)
+    await relabel(f1, { after: 'fuzz' })
+    await until(() => labelsOf(leader, f1)?.after === 'fuzz')
+    expect(labelsOf(leader, f1)?.replayed).toBeUndefined()
+    expect(BigInt(leader.hostState.statusOf('f1').seq)).toBeGreaterThan(BigInt(seqBefore))
+    expect(leader.status).toBe('running')
+  })
+})
+
+const FAST_MAX = 64 * 1024
+
+function statusWire (peer: string): Parameters<typeof signStatus>[0] {
+  return {
+    peerId: peerBytes(peer), seq: BigInt(Date.now()) * 1000n + 999n, at: BigInt(Date.now()), hostname: 'x', addresses: [], agentVersion: '0',
+    uptimeMs: 0n, platform: 'linux', osRelease: '', kernel: '', arch: '', cpus: 1, load1: 0, load5: 0, load15: 0,
+    memTotal: 0n, memFree: 0n, diskTotal: 0n, diskFree: 0n, role: 'follower', health: 'ok', healthDetail: '', labels: [],
+    settings: { version: 0n, state: 'none', message: '', at: 0n }
+  }
+}
+
+describe('host settings through a hook', () => {
+  const set = new AgentSet()
+  let dir: string
+  let leader: Agent
+  let f1: Agent
+  let f2: Agent
+
+  function hook (name: string, body: string): string {
+    const p = join(dir, name)
+    writeFileSync(p, `#!/bin/sh\n${body}\n`)
+    chmodSync(p, 0o755)
+    return p
+  }
+
+  beforeEach(async () => {
+    dir = tempDir('el-hooks-')
+    const record = hook('record.sh', `cat > "$(dirname "$0")/applied-$EDGELINK_SETTINGS_VERSION.json"`)
+    leader = await set.start({ name: 'lead', config: FAST })
+    f1 = await set.start({ name: 'f1', config: { ...FAST, settings: { hook: record, hookTimeout: 5000 } } })
+    f2 = await set.start({ name: 'f2', config: { ...FAST, settings: { hook: hook('hang.sh', 'sleep 30'), hookTimeout: 300 } } })
+    await linkAll(leader, f1, f2)
+  })
+  afterEach(async () => { await set.stopAll() })
+
+  it('the leader sets settings; the target runs its hook with them as JSON and reports applied', async () => {
+    const r = await leader.settings.set('f1', { ntp: '10.0.0.1', tz: 'UTC' })
+    expect(r.version).toBe(1)
+    await until(() => leader.settings.show('f1').state.state === 'applied')
+    const input = JSON.parse(readFileSync(join(dir, 'applied-1.json'), 'utf8')) as Record<string, unknown>
+    expect(input).toMatchObject({ version: 1, settings: { ntp: '10.0.0.1', tz: 'UTC' }, issuer: leader.peerId, hostname: 'f1' })
+    expect(f1.settings.show().state).toMatchObject({ version: 1, state: 'applied' })
+    expect(f2.settings.show('f1').settings).toEqual({ ntp: '10.0.0.1', tz: 'UTC' })
+  })
+
+  it('a hook that hangs gives failed with a message, and the agent keeps running', async () => {
+    await leader.settings.set('f2', { a: '1' })
+    await until(() => f2.settings.show().state.state === 'failed')
+    expect(f2.settings.show().state.message).toMatch(/timed out/)
+    await until(() => leader.settings.show('f2').state.state === 'failed')
+    expect(f2.status).toBe('running')
+  })
+
+  it('only the leader may set settings, and a target refuses a change a follower signed', async () => {
+    await expect(f1.settings.set('f2', { a: '1' })).rejects.toMatchObject({ code: 'NOT_LEADER' })
+    const r = f1.group.roster
+    if (r == null) throw new Error('not linked')
+    const identity = await loadOrCreateIdentity(f1.paths.identityKey)
+    const forged = await signSettings({
+      groupId: Buffer.from(r.groupId, 'hex') as Uint8Array<ArrayBuffer>, target: peerBytes(f2.peerId), version: 99n, settings: mapToLabels({ evil: '1' }),
+      issuedAt: BigInt(Date.now()), issuer: peerBytes(f1.peerId), term: BigInt(r.term)
+    }, identity.privateKey)
+    expect(await f2.settings.receive(forged.bytes, f1.peerId)).toBe('refused')
+    expect(f2.settings.show().version).toBe(0)
+    expect(readFileSync(f2.paths.auditLog, 'utf8')).toContain('settings.refused')
+  })
+
+  it('settings survive restarts, and a target that was down applies the newest when it returns', async () => {
+    await leader.settings.set('f1', { v: 'one' })
+    await until(() => f1.settings.show().state.state === 'applied')
+    const dataDir = f1.paths.root
+    const cfg = f1.config
+    await f1.stop()
+    set.agents.splice(set.agents.indexOf(f1), 1)
+    await leader.settings.set('f1', { v: 'two' })
+    await leader.settings.set('f1', { v: 'three' })
+    const back = await set.start({ name: 'f1', dataDir, config: { ...FAST, settings: cfg.settings } })
+    await until(() => back.settings.show().state.version === 3 && back.settings.show().state.state === 'applied', 10_000)
+    expect(back.settings.show().settings).toEqual({ v: 'three' })
+    expect(JSON.parse(readFileSync(join(dir, 'applied-3.json'), 'utf8'))).toMatchObject({ settings: { v: 'three' } })
+  })
+})
