@@ -16,7 +16,7 @@ import { errorMessage, NotFoundError } from '../errors.js'
 import { rpcCall, rpcHandler } from '../net/rpc.js'
 import { AGENT_VERSION } from '../version.js'
 import { u8 } from '../util/bytes.js'
-import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type GroupMessage } from '../wire/group.js'
+import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type ContentProgress, type GroupMessage } from '../wire/group.js'
 import { collectSystem, healthOf } from './collect.js'
 import { GroupGossip, type GossipCounters } from './gossip.js'
 import { LivenessTable, type LivenessState } from './liveness.js'
@@ -26,6 +26,16 @@ export const GROUP_PROTOCOL = '/edgelink/group/1.0.0'
 /** A pull answer holds one status per member and one settings record per member. */
 const MAX_GROUP_FRAME = 2 * 256 * MAX_RECORD_BYTES
 const EMPTY = new Uint8Array(0)
+
+/** What the content service contributes to status and to pulls. */
+export interface ContentHooks {
+  /** This host's progress on every catalog item, reported in its status. */
+  progress: () => ContentProgress[]
+  /** The newest signed catalog this host holds, to answer a pull. */
+  catalog: () => Uint8Array | undefined
+  /** A catalog arrived (gossip or pull). */
+  receive: (bytes: Uint8Array, via: string) => Promise<'stored' | 'stale' | 'refused'>
+}
 
 /** What the settings service contributes to status and to pulls. */
 export interface SettingsHooks {
@@ -62,6 +72,7 @@ export class StatusService {
   private readonly db: Sublevel<string>
   private readonly statuses = new Map<string, Verified<HostStatusView>>()
   private settings?: SettingsHooks
+  private content?: ContentHooks
   private timers: NodeJS.Timeout[] = []
   private unsubscribe?: () => void
   private lastFingerprint = ''
@@ -84,6 +95,16 @@ export class StatusService {
   /** The settings service plugs in here (it needs this service to publish). */
   attachSettings (hooks: SettingsHooks): void {
     this.settings = hooks
+  }
+
+  /** The content service plugs in here. */
+  attachContent (hooks: ContentHooks): void {
+    this.content = hooks
+  }
+
+  /** Publish a catalog on the group topic. */
+  async publishCatalog (bytes: Uint8Array): Promise<void> {
+    await this.gossip.publish({ type: GroupMessageType.CATALOG, record: u8(bytes) })
   }
 
   get counters (): GossipCounters { return this.gossip.counters }
@@ -239,7 +260,8 @@ export class StatusService {
       health: health.health,
       healthDetail: health.detail,
       labels: mapToLabels(this.c.config.labels),
-      settings: { version: BigInt(st.version), state: st.state, message: st.message, at: BigInt(st.at != null ? Date.parse(st.at) : 0) }
+      settings: { version: BigInt(st.version), state: st.state, message: st.message, at: BigInt(st.at != null ? Date.parse(st.at) : 0) },
+      content: this.content?.progress() ?? []
     }
   }
 
@@ -277,6 +299,7 @@ export class StatusService {
     this.heard(from)
     if (msg.type === GroupMessageType.STATUS) await this.acceptStatus(msg.record, from)
     else if (msg.type === GroupMessageType.SETTINGS) await this.settings?.receive(msg.record, from)
+    else if (msg.type === GroupMessageType.CATALOG) await this.content?.receive(msg.record, from)
   }
 
   /** Keep a status if it verifies, its origin is a member, and it is newer than ours. */
@@ -306,7 +329,7 @@ export class StatusService {
     this.heard(peer)
     if (req.type === GroupRequestType.PULL_STATE) {
       const statuses = [...this.statuses.entries()].filter(([p]) => p === this.self || this.c.group.isMemberPeer(p)).map(([, s]) => u8(s.bytes))
-      return { ...groupResponse(GroupStatus.GROUP_OK), statuses, settings: (this.settings?.records() ?? []).map(u8) }
+      return { ...groupResponse(GroupStatus.GROUP_OK), statuses, settings: (this.settings?.records() ?? []).map(u8), catalog: u8(this.content?.catalog() ?? EMPTY) }
     }
     if (req.type === GroupRequestType.PUSH_SETTINGS) {
       const outcome = await this.settings?.receive(req.record, peer)
@@ -326,6 +349,7 @@ export class StatusService {
     this.heard(peer)
     for (const s of res.statuses.slice(0, 256)) await this.acceptStatus(s, peer)
     for (const s of res.settings.slice(0, 256)) await this.settings?.receive(s, peer)
+    if (res.catalog.length > 0) await this.content?.receive(res.catalog, peer)
   }
 
   private pullSoon (peer: string): void {
@@ -387,5 +411,5 @@ export class StatusService {
 }
 
 function groupResponse (status: GroupStatus, message = ''): GroupResponse {
-  return { status, message, statuses: [], settings: [] }
+  return { status, message, statuses: [], settings: [], catalog: new Uint8Array(0) }
 }

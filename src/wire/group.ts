@@ -300,6 +300,7 @@ export interface HostStatus {
   healthDetail: string
   labels: Label[]
   settings?: SettingsState
+  content: ContentProgress[]
 }
 
 export namespace HostStatus {
@@ -436,6 +437,13 @@ export namespace HostStatus {
           SettingsState.codec().encode(obj.settings, w)
         }
 
+        if (obj.content != null && obj.content.length > 0) {
+          for (const value of obj.content) {
+            w.uint32(202)
+            ContentProgress.codec().encode(value, w)
+          }
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -463,7 +471,8 @@ export namespace HostStatus {
           role: '',
           health: '',
           healthDetail: '',
-          labels: []
+          labels: [],
+          content: []
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -580,6 +589,16 @@ export namespace HostStatus {
               })
               break
             }
+            case 25: {
+              if (opts.limits?.content != null && obj.content.length === opts.limits.content) {
+                throw new MaxLengthError('Decode error - repeated field "content" had too many elements')
+              }
+
+              obj.content.push(ContentProgress.codec().decode(reader, reader.uint32(), {
+                limits: opts.limits?.content$
+              }))
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -591,7 +610,8 @@ export namespace HostStatus {
       }, function * (reader, length, prefix, opts = {}) {
         const obj = {
           addresses: 0,
-          labels: 0
+          labels: 0,
+          content: 0
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -787,6 +807,24 @@ export namespace HostStatus {
 
               break
             }
+            case 25: {
+              if (opts.limits?.content != null && obj.content === opts.limits.content) {
+                throw new MaxLengthError('Streaming decode error - repeated field "content" had too many elements')
+              }
+
+              for (const evt of ContentProgress.codec().stream(reader, reader.uint32(), `${prefix}.content[]`, {
+                limits: opts.limits?.content$
+              })) {
+                yield {
+                  ...evt,
+                  index: obj.content
+                }
+              }
+
+              obj.content++
+
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -942,6 +980,36 @@ export namespace HostStatus {
     value: bigint
   }
 
+  export interface HostStatusContentDigestFieldEvent {
+    field: '$.content[].digest'
+    value: string
+    index: number
+  }
+
+  export interface HostStatusContentStateFieldEvent {
+    field: '$.content[].state'
+    value: string
+    index: number
+  }
+
+  export interface HostStatusContentHaveFieldEvent {
+    field: '$.content[].have'
+    value: number
+    index: number
+  }
+
+  export interface HostStatusContentTotalFieldEvent {
+    field: '$.content[].total'
+    value: number
+    index: number
+  }
+
+  export interface HostStatusContentErrorFieldEvent {
+    field: '$.content[].error'
+    value: string
+    index: number
+  }
+
   export function encode (obj: Partial<HostStatus>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, HostStatus.codec())
   }
@@ -950,8 +1018,189 @@ export namespace HostStatus {
     return decodeMessage(buf, HostStatus.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HostStatus>): Generator<HostStatusPeerIdFieldEvent | HostStatusSeqFieldEvent | HostStatusAtFieldEvent | HostStatusHostnameFieldEvent | HostStatusAddressesFieldEvent | HostStatusAgentVersionFieldEvent | HostStatusUptimeMsFieldEvent | HostStatusPlatformFieldEvent | HostStatusOsReleaseFieldEvent | HostStatusKernelFieldEvent | HostStatusArchFieldEvent | HostStatusCpusFieldEvent | HostStatusLoad1FieldEvent | HostStatusLoad5FieldEvent | HostStatusLoad15FieldEvent | HostStatusMemTotalFieldEvent | HostStatusMemFreeFieldEvent | HostStatusDiskTotalFieldEvent | HostStatusDiskFreeFieldEvent | HostStatusRoleFieldEvent | HostStatusHealthFieldEvent | HostStatusHealthDetailFieldEvent | HostStatusLabelsKeyFieldEvent | HostStatusLabelsValueFieldEvent | HostStatusSettingsVersionFieldEvent | HostStatusSettingsStateFieldEvent | HostStatusSettingsMessageFieldEvent | HostStatusSettingsAtFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HostStatus>): Generator<HostStatusPeerIdFieldEvent | HostStatusSeqFieldEvent | HostStatusAtFieldEvent | HostStatusHostnameFieldEvent | HostStatusAddressesFieldEvent | HostStatusAgentVersionFieldEvent | HostStatusUptimeMsFieldEvent | HostStatusPlatformFieldEvent | HostStatusOsReleaseFieldEvent | HostStatusKernelFieldEvent | HostStatusArchFieldEvent | HostStatusCpusFieldEvent | HostStatusLoad1FieldEvent | HostStatusLoad5FieldEvent | HostStatusLoad15FieldEvent | HostStatusMemTotalFieldEvent | HostStatusMemFreeFieldEvent | HostStatusDiskTotalFieldEvent | HostStatusDiskFreeFieldEvent | HostStatusRoleFieldEvent | HostStatusHealthFieldEvent | HostStatusHealthDetailFieldEvent | HostStatusLabelsKeyFieldEvent | HostStatusLabelsValueFieldEvent | HostStatusSettingsVersionFieldEvent | HostStatusSettingsStateFieldEvent | HostStatusSettingsMessageFieldEvent | HostStatusSettingsAtFieldEvent | HostStatusContentDigestFieldEvent | HostStatusContentStateFieldEvent | HostStatusContentHaveFieldEvent | HostStatusContentTotalFieldEvent | HostStatusContentErrorFieldEvent> {
     return streamMessage(buf, HostStatus.codec(), opts)
+  }
+}
+
+export interface ContentProgress {
+  digest: string
+  state: string
+  have: number
+  total: number
+  error: string
+}
+
+export namespace ContentProgress {
+  let _codec: Codec<ContentProgress>
+
+  export const codec = (): Codec<ContentProgress> => {
+    if (_codec == null) {
+      _codec = message<ContentProgress>((obj, w, opts = {}) => {
+        if (opts.lengthDelimited !== false) {
+          w.fork()
+        }
+
+        if ((obj.digest != null && obj.digest !== '')) {
+          w.uint32(10)
+          w.string(obj.digest)
+        }
+
+        if ((obj.state != null && obj.state !== '')) {
+          w.uint32(18)
+          w.string(obj.state)
+        }
+
+        if ((obj.have != null && obj.have !== 0)) {
+          w.uint32(24)
+          w.uint32(obj.have)
+        }
+
+        if ((obj.total != null && obj.total !== 0)) {
+          w.uint32(32)
+          w.uint32(obj.total)
+        }
+
+        if ((obj.error != null && obj.error !== '')) {
+          w.uint32(42)
+          w.string(obj.error)
+        }
+
+        if (opts.lengthDelimited !== false) {
+          w.ldelim()
+        }
+      }, (reader, length, opts = {}) => {
+        const obj: any = {
+          digest: '',
+          state: '',
+          have: 0,
+          total: 0,
+          error: ''
+        }
+
+        const end = length == null ? reader.len : reader.pos + length
+
+        while (reader.pos < end) {
+          const tag = reader.uint32()
+
+          switch (tag >>> 3) {
+            case 1: {
+              obj.digest = reader.string()
+              break
+            }
+            case 2: {
+              obj.state = reader.string()
+              break
+            }
+            case 3: {
+              obj.have = reader.uint32()
+              break
+            }
+            case 4: {
+              obj.total = reader.uint32()
+              break
+            }
+            case 5: {
+              obj.error = reader.string()
+              break
+            }
+            default: {
+              reader.skipType(tag & 7)
+              break
+            }
+          }
+        }
+
+        return obj
+      }, function * (reader, length, prefix, opts = {}) {
+        const end = length == null ? reader.len : reader.pos + length
+
+        while (reader.pos < end) {
+          const tag = reader.uint32()
+
+          switch (tag >>> 3) {
+            case 1: {
+              yield {
+                field: `${prefix}.digest`,
+                value: reader.string()
+              }
+              break
+            }
+            case 2: {
+              yield {
+                field: `${prefix}.state`,
+                value: reader.string()
+              }
+              break
+            }
+            case 3: {
+              yield {
+                field: `${prefix}.have`,
+                value: reader.uint32()
+              }
+              break
+            }
+            case 4: {
+              yield {
+                field: `${prefix}.total`,
+                value: reader.uint32()
+              }
+              break
+            }
+            case 5: {
+              yield {
+                field: `${prefix}.error`,
+                value: reader.string()
+              }
+              break
+            }
+            default: {
+              reader.skipType(tag & 7)
+              break
+            }
+          }
+        }
+      })
+    }
+
+    return _codec
+  }
+
+  export interface ContentProgressDigestFieldEvent {
+    field: '$.digest'
+    value: string
+  }
+
+  export interface ContentProgressStateFieldEvent {
+    field: '$.state'
+    value: string
+  }
+
+  export interface ContentProgressHaveFieldEvent {
+    field: '$.have'
+    value: number
+  }
+
+  export interface ContentProgressTotalFieldEvent {
+    field: '$.total'
+    value: number
+  }
+
+  export interface ContentProgressErrorFieldEvent {
+    field: '$.error'
+    value: string
+  }
+
+  export function encode (obj: Partial<ContentProgress>): Uint8Array<ArrayBuffer> {
+    return encodeMessage(obj, ContentProgress.codec())
+  }
+
+  export function decode (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<ContentProgress>): ContentProgress {
+    return decodeMessage(buf, ContentProgress.codec(), opts)
+  }
+
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<ContentProgress>): Generator<ContentProgressDigestFieldEvent | ContentProgressStateFieldEvent | ContentProgressHaveFieldEvent | ContentProgressTotalFieldEvent | ContentProgressErrorFieldEvent> {
+    return streamMessage(buf, ContentProgress.codec(), opts)
   }
 }
 
@@ -1327,13 +1576,15 @@ export namespace SignedRecord {
 export enum GroupMessageType {
   GROUP_MESSAGE_TYPE_UNSPECIFIED = 'GROUP_MESSAGE_TYPE_UNSPECIFIED',
   STATUS = 'STATUS',
-  SETTINGS = 'SETTINGS'
+  SETTINGS = 'SETTINGS',
+  CATALOG = 'CATALOG'
 }
 
 enum __GroupMessageTypeValues {
   GROUP_MESSAGE_TYPE_UNSPECIFIED = 0,
   STATUS = 1,
-  SETTINGS = 2
+  SETTINGS = 2,
+  CATALOG = 3
 }
 
 export namespace GroupMessageType {
@@ -1792,6 +2043,7 @@ export interface GroupResponse {
   message: string
   statuses: Uint8Array<ArrayBuffer>[]
   settings: Uint8Array<ArrayBuffer>[]
+  catalog: Uint8Array<ArrayBuffer>
 }
 
 export namespace GroupResponse {
@@ -1828,6 +2080,11 @@ export namespace GroupResponse {
           }
         }
 
+        if ((obj.catalog != null && obj.catalog.byteLength > 0)) {
+          w.uint32(42)
+          w.bytes(obj.catalog)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -1836,7 +2093,8 @@ export namespace GroupResponse {
           status: GroupStatus.GROUP_STATUS_UNSPECIFIED,
           message: '',
           statuses: [],
-          settings: []
+          settings: [],
+          catalog: uint8ArrayAlloc(0)
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -1867,6 +2125,10 @@ export namespace GroupResponse {
               }
 
               obj.settings.push(reader.bytes())
+              break
+            }
+            case 5: {
+              obj.catalog = reader.bytes()
               break
             }
             default: {
@@ -1933,6 +2195,13 @@ export namespace GroupResponse {
 
               break
             }
+            case 5: {
+              yield {
+                field: `${prefix}.catalog`,
+                value: reader.bytes()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -1967,6 +2236,11 @@ export namespace GroupResponse {
     value: Uint8Array<ArrayBuffer>
   }
 
+  export interface GroupResponseCatalogFieldEvent {
+    field: '$.catalog'
+    value: Uint8Array<ArrayBuffer>
+  }
+
   export function encode (obj: Partial<GroupResponse>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, GroupResponse.codec())
   }
@@ -1975,7 +2249,7 @@ export namespace GroupResponse {
     return decodeMessage(buf, GroupResponse.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<GroupResponse>): Generator<GroupResponseStatusFieldEvent | GroupResponseMessageFieldEvent | GroupResponseStatusesFieldEvent | GroupResponseSettingsFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<GroupResponse>): Generator<GroupResponseStatusFieldEvent | GroupResponseMessageFieldEvent | GroupResponseStatusesFieldEvent | GroupResponseSettingsFieldEvent | GroupResponseCatalogFieldEvent> {
     return streamMessage(buf, GroupResponse.codec(), opts)
   }
 }

@@ -189,7 +189,8 @@ function statusWire (peer: string): Parameters<typeof signStatus>[0] {
     peerId: peerBytes(peer), seq: BigInt(Date.now()) * 1000n + 999n, at: BigInt(Date.now()), hostname: 'x', addresses: [], agentVersion: '0',
     uptimeMs: 0n, platform: 'linux', osRelease: '', kernel: '', arch: '', cpus: 1, load1: 0, load5: 0, load15: 0,
     memTotal: 0n, memFree: 0n, diskTotal: 0n, diskFree: 0n, role: 'follower', health: 'ok', healthDetail: '', labels: [],
-    settings: { version: 0n, state: 'none', message: '', at: 0n }
+    settings: { version: 0n, state: 'none', message: '', at: 0n },
+    content: []
   }
 }
 
