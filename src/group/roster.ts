@@ -12,6 +12,7 @@ import { Handover, Member, Role, RosterBody, SignedHandover, SignedRoster } from
 import { RosterError } from './errors.js'
 import { GROUP_ID_BYTES, hex } from './token.js'
 import { u8 } from '../util/bytes.js'
+import { context, equalBytes, signWith, verifyWith } from '../util/signing.js'
 
 /** Most members a roster may list; far above a site's host count, bounds decoding. */
 export const MAX_MEMBERS = 256
@@ -22,8 +23,8 @@ export const MAX_HANDOVER_CHAIN = 16
 /** Largest encoded SignedRoster accepted from the network. */
 export const MAX_ROSTER_BYTES = 256 * 1024
 
-const ROSTER_CONTEXT = new TextEncoder().encode('edgelink roster v1\0')
-const HANDOVER_CONTEXT = new TextEncoder().encode('edgelink handover v1\0')
+const ROSTER_CONTEXT = context('roster v1')
+const HANDOVER_CONTEXT = context('handover v1')
 
 export type MemberRole = 'leader' | 'follower'
 
@@ -73,7 +74,7 @@ export async function signRoster (roster: Roster, key: PrivateKey): Promise<Sign
   const signer = peerIdFromPrivateKeyString(key)
   if (signer !== roster.leader) throw new RosterError(`only the leader of term ${roster.term} may sign its roster`, 'ROSTER_SIGNER')
   const body = RosterBody.encode(toWire(roster))
-  const signature = await key.sign(concat(ROSTER_CONTEXT, body))
+  const signature = await signWith(key, ROSTER_CONTEXT, body)
   const bytes = SignedRoster.encode({ body, signature: u8(signature) })
   return { roster, bytes }
 }
@@ -97,7 +98,7 @@ export async function verifyRoster (bytes: Uint8Array): Promise<SignedRosterReco
   const roster = fromWire(body)
   const leader = peerIdFromString(roster.leader)
   if (leader.publicKey == null) throw new RosterError('roster leader has no embedded public key')
-  if (!await verifySignature(leader, concat(ROSTER_CONTEXT, signed.body), signed.signature)) {
+  if (!await verifyWith(leader, ROSTER_CONTEXT, signed.body, signed.signature)) {
     throw new RosterError('roster signature does not verify: it was not signed by its leader', 'ROSTER_SIGNATURE')
   }
   return { roster, bytes }
@@ -120,7 +121,7 @@ export async function signHandover (h: Omit<HandoverRecord, 'bytes'>, key: Priva
     previousLeader: u8(peerIdFromString(h.previousLeader).toMultihash().bytes),
     issuedAt: BigInt(h.issuedAt)
   })
-  const signature = await key.sign(concat(HANDOVER_CONTEXT, body))
+  const signature = await signWith(key, HANDOVER_CONTEXT, body)
   return { ...h, bytes: SignedHandover.encode({ body, signature: u8(signature) }) }
 }
 
@@ -135,7 +136,7 @@ export async function verifyHandover (bytes: Uint8Array): Promise<HandoverRecord
   }
   if (!equalBytes(SignedHandover.encode(signed), bytes)) throw new RosterError('handover is not in its canonical encoding')
   const previous = peerFromBytes(h.previousLeader)
-  if (!await verifySignature(previous, concat(HANDOVER_CONTEXT, signed.body), signed.signature)) {
+  if (!await verifyWith(previous, HANDOVER_CONTEXT, signed.body, signed.signature)) {
     throw new RosterError('handover signature does not verify', 'ROSTER_SIGNATURE')
   }
   return {
@@ -264,20 +265,6 @@ export function fromWire (b: RosterBody): Roster {
   }
 }
 
-/** A malformed signature (wrong length) is a failed verification, not an exception. */
-async function verifySignature (signer: PeerId, data: Uint8Array, signature: Uint8Array): Promise<boolean> {
-  if (signer.publicKey == null) return false
-  try {
-    return await signer.publicKey.verify(data, signature)
-  } catch {
-    return false
-  }
-}
-
-function equalBytes (a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
-}
-
 function peerFromBytes (b: Uint8Array): PeerId {
   try {
     return peerIdFromMultihash(Digest.decode(b))
@@ -295,9 +282,3 @@ function peerIdFromPrivateKeyString (key: PrivateKey): string {
   return peerIdFromMultihash(key.publicKey.toMultihash()).toString()
 }
 
-function concat (a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length)
-  out.set(a, 0)
-  out.set(b, a.length)
-  return out
-}

@@ -10,13 +10,14 @@ import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { HostStatus, SettingsChange, SignedRecord, type Label } from '../wire/group.js'
 import { EdgelinkError } from '../errors.js'
 import { u8 } from '../util/bytes.js'
+import { context, equalBytes, signWith, verifyWith } from '../util/signing.js'
 
 /** Largest signed record accepted (a status with 16 addresses and 64 labels is a few KiB). */
 export const MAX_RECORD_BYTES = 32 * 1024
 export const MAX_LABELS = 64
 export const MAX_SETTINGS = 64
-const STATUS_CONTEXT = new TextEncoder().encode('edgelink status v1\0')
-const SETTINGS_CONTEXT = new TextEncoder().encode('edgelink settings v1\0')
+const STATUS_CONTEXT = context('status v1')
+const SETTINGS_CONTEXT = context('settings v1')
 
 export class RecordError extends EdgelinkError {
   static override name = 'RecordError'
@@ -69,7 +70,7 @@ export interface Verified<T> {
 
 export async function signStatus (s: HostStatus, key: PrivateKey): Promise<Verified<HostStatusView>> {
   const body = HostStatus.encode(s)
-  const bytes = SignedRecord.encode({ body, signature: u8(await key.sign(concat(STATUS_CONTEXT, body))) })
+  const bytes = SignedRecord.encode({ body, signature: u8(await signWith(key, STATUS_CONTEXT, body)) })
   return { view: statusView(s), bytes }
 }
 
@@ -82,13 +83,13 @@ export async function verifyStatus (bytes: Uint8Array): Promise<Verified<HostSta
     throw new RecordError(`status record is malformed: ${(err as Error).message}`)
   }
   const origin = peerFrom(s.peerId)
-  if (!await verifySignature(origin, concat(STATUS_CONTEXT, body), signature)) throw new RecordError('status signature does not verify')
+  if (!await verifyWith(origin, STATUS_CONTEXT, body, signature)) throw new RecordError('status signature does not verify')
   return { view: statusView(s), bytes }
 }
 
 export async function signSettings (c: SettingsChange, key: PrivateKey): Promise<Verified<SettingsChangeView>> {
   const body = SettingsChange.encode(c)
-  const bytes = SignedRecord.encode({ body, signature: u8(await key.sign(concat(SETTINGS_CONTEXT, body))) })
+  const bytes = SignedRecord.encode({ body, signature: u8(await signWith(key, SETTINGS_CONTEXT, body)) })
   return { view: settingsView(c), bytes }
 }
 
@@ -102,11 +103,11 @@ export async function verifySettings (bytes: Uint8Array): Promise<Verified<Setti
   }
   const issuer = peerFrom(c.issuer)
   peerFrom(c.target)
-  if (!await verifySignature(issuer, concat(SETTINGS_CONTEXT, body), signature)) throw new RecordError('settings signature does not verify')
+  if (!await verifyWith(issuer, SETTINGS_CONTEXT, body, signature)) throw new RecordError('settings signature does not verify')
   return { view: settingsView(c), bytes }
 }
 
-function openRecord (bytes: Uint8Array): SignedRecord {
+export function openRecord (bytes: Uint8Array): SignedRecord {
   if (bytes.length > MAX_RECORD_BYTES) throw new RecordError(`record is ${bytes.length} bytes, over the ${MAX_RECORD_BYTES} limit`)
   let r: SignedRecord
   try {
@@ -171,7 +172,7 @@ export function peerBytes (peer: string): Uint8Array<ArrayBuffer> {
   return u8(peerIdFromString(peer).toMultihash().bytes)
 }
 
-function peerFrom (b: Uint8Array): PeerId {
+export function peerFrom (b: Uint8Array): PeerId {
   try {
     return peerIdFromMultihash(Digest.decode(b))
   } catch {
@@ -179,22 +180,3 @@ function peerFrom (b: Uint8Array): PeerId {
   }
 }
 
-async function verifySignature (signer: PeerId, data: Uint8Array, signature: Uint8Array): Promise<boolean> {
-  if (signer.publicKey == null) return false
-  try {
-    return await signer.publicKey.verify(data, signature)
-  } catch {
-    return false
-  }
-}
-
-function equalBytes (a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0
-}
-
-function concat (a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length)
-  out.set(a, 0)
-  out.set(b, a.length)
-  return out
-}
