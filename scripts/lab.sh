@@ -72,12 +72,21 @@ Commands:
   netem HOST ARGS...   tc qdisc replace dev lan0 root netem ARGS in HOST's namespace
                        (traffic HOST sends), e.g. `netem h1 delay 20ms loss 5%`
   netem HOST clear     remove HOST's netem qdisc
+  loss HOST PERCENT [in|out|both]
+                       drop PERCENT % (1..100) of the IP packets HOST receives
+                       (in), sends (out) or both (default) on lan0, at random, with
+                       nftables in HOST's namespace (works where netem is missing;
+                       ARP is never dropped). `loss HOST clear` removes it
   partition HOST       cut HOST's cable: its switch port goes down (both directions;
                        HOST keeps its address and routes)
   heal HOST            plug HOST's cable back in
+  pause HOST           SIGSTOP HOST's agent (a hung host: its kernel still ACKs TCP)
+  resume HOST          SIGCONT HOST's agent
+  bytes HOST           print `RX_BYTES TX_BYTES` of HOST's lan0 (kernel counters)
   list                 show labs, hosts, addresses, links and agents
   check                report whether a lab can be built here (root, ip, netns, veth,
-                       bridge) and whether tc netem is available; exit 1 if no lab
+                       bridge) and whether tc netem and nft (for `loss`) are
+                       available; exit 1 if no lab
   help                 this text
 
 Environment:
@@ -348,6 +357,8 @@ teardown() {
   done
   if (( ${#pids[@]} > 0 )); then
     kill -TERM "${pids[@]}" 2>/dev/null || true
+    # A paused (SIGSTOPped) process acts on SIGTERM only once it runs again.
+    kill -CONT "${pids[@]}" 2>/dev/null || true
     local deadline=$(( $(date +%s%N) + ${LAB_STOP_TIMEOUT:-15} * 1000000000 )) alive
     while :; do
       alive=()
@@ -448,6 +459,8 @@ cmd_stop() {
   fi
   kill "-$signal" "$pid" 2>/dev/null || true
   if [[ $signal == TERM ]]; then
+    # A paused agent acts on SIGTERM only once it runs again.
+    kill -CONT "$pid" 2>/dev/null || true
     local t=${LAB_STOP_TIMEOUT:-15}
     if ! wait_gone "$pid" "$t"; then
       note "lab.sh: the agent on $host (pid $pid) did not stop within ${t}s of SIGTERM; sending SIGKILL"
@@ -558,6 +571,71 @@ cmd_heal() {
   ip -n "$(sw_ns)" link set "port-$1" up
 }
 
+# nft table that `loss` manages inside a host's namespace.
+LOSS_TABLE=edgelink_lab_loss
+
+cmd_loss() {
+  (( $# >= 2 && $# <= 3 )) || usage_die "usage: lab.sh loss HOST PERCENT [in|out|both] | loss HOST clear"
+  local host=$1 pct=$2 dir=${3:-both}
+  need_root
+  resolve_lab
+  require_up
+  local ns
+  ns=$(host_ns "$host")
+  command -v nft >/dev/null || die "loss needs nftables (nft): apt-get install nftables"
+  if [[ $pct == clear ]]; then
+    (( $# == 2 )) || usage_die "usage: lab.sh loss HOST clear"
+    ip netns exec "$ns" nft delete table inet "$LOSS_TABLE" 2>/dev/null || true
+    note "$host: no loss"
+    return 0
+  fi
+  pct=${pct%\%}
+  [[ $pct =~ ^[0-9]{1,3}$ ]] && (( 10#$pct >= 1 && 10#$pct <= 100 )) || usage_die "PERCENT must be a whole number 1..100"
+  pct=$(( 10#$pct ))
+  [[ $dir =~ ^(in|out|both)$ ]] || usage_die "direction must be in, out or both"
+  local drop="numgen random mod 100 < $pct counter drop" rules=()
+  if [[ $dir == in || $dir == both ]]; then
+    rules+=("chain input { type filter hook input priority -10; policy accept; iifname \"$IFACE\" $drop; }")
+  fi
+  if [[ $dir == out || $dir == both ]]; then
+    rules+=("chain output { type filter hook output priority -10; policy accept; oifname \"$IFACE\" $drop; }")
+  fi
+  # One nft transaction: declare the table (so the delete cannot fail), delete it, add the new one.
+  local out
+  if ! out=$(printf 'table inet %s\ndelete table inet %s\ntable inet %s {\n%s\n}\n' "$LOSS_TABLE" "$LOSS_TABLE" "$LOSS_TABLE" \
+               "$(printf '  %s\n' "${rules[@]}")" | ip netns exec "$ns" nft -f - 2>&1); then
+    die "nft failed on $host: $out"
+  fi
+  note "$host: dropping $pct% of IP packets ($dir) on $IFACE"
+}
+
+# pause / resume: SIGSTOP / SIGCONT the agent.
+cmd_signal() {
+  local signal=$1; shift
+  (( $# == 1 )) || usage_die "usage: lab.sh $([[ $signal == STOP ]] && echo pause || echo resume) HOST"
+  local host=$1
+  need_root
+  resolve_lab
+  require_up
+  local ns pid
+  ns=$(host_ns "$host")
+  pid=$(agent_pid "$host" "$ns") || die "the agent on $host is not running"
+  kill "-$signal" "$pid" || die "cannot send SIG$signal to pid $pid"
+  note "$host: SIG$signal sent to the agent (pid $pid)"
+}
+
+cmd_bytes() {
+  (( $# == 1 )) || usage_die "usage: lab.sh bytes HOST"
+  need_root
+  resolve_lab
+  require_up
+  local ns rx tx
+  ns=$(host_ns "$1")
+  rx=$(ip netns exec "$ns" cat "/sys/class/net/$IFACE/statistics/rx_bytes")
+  tx=$(ip netns exec "$ns" cat "/sys/class/net/$IFACE/statistics/tx_bytes")
+  printf '%s %s\n' "$rx" "$tx"
+}
+
 cmd_list() {
   (( $# == 0 )) || usage_die "usage: lab.sh list"
   if [[ -n ${LAB:-} || -n ${LAB_DIR:-} ]]; then list_one; return 0; fi
@@ -591,6 +669,9 @@ list_one() {
     ip -n "$(sw_ns)" -o link show dev "port-$host" 2>/dev/null | grep -q 'state UP' || link='cut'
     q=$(ip netns exec "$ns" tc qdisc show dev "$IFACE" root 2>/dev/null | sed -n 's/^qdisc netem [^ ]* root refcnt [0-9]* \(.*\)$/\1/p')
     [[ -z $q ]] || link="$link (netem $q)"
+    q=$(ip netns exec "$ns" nft list table inet "$LOSS_TABLE" 2>/dev/null \
+        | awk '/hook/ { d = ($0 ~ /hook input/) ? "in" : "out" } /mod 100 </ { for (i = 1; i < NF; i++) if ($i == "<") printf "%s %s%% ", d, $(i + 1) }') || q=''
+    [[ -z $q ]] || link="$link (loss ${q% })"
     if pid=$(agent_pid "$host" "$ns"); then agent="running (pid $pid)"; else agent="-"; fi
     printf '  %-6s %-28s %-15s %-5s %s\n' "$host" "$ns" "${addr:--}" "$link" "$agent"
   done < <(lab_namespaces)
@@ -620,6 +701,14 @@ cmd_check() {
       else
         echo "netem=missing: tc netem is unavailable in this kernel ($err)"
       fi
+      if ! command -v nft >/dev/null; then
+        echo "nft=missing: install nftables (lab.sh loss needs it)"
+      elif err=$(printf '%s\n' 'table inet elprobe { chain input { type filter hook input priority 0; policy accept; numgen random mod 100 < 1 counter drop; }; }' \
+                 | ip netns exec "$probe" nft -f - 2>&1); then
+        echo "nft=ok"
+      else
+        echo "nft=missing: nftables random drop is unavailable ($err)"
+      fi
       ip netns del "$probe" 2>/dev/null || true
     fi
   fi
@@ -648,6 +737,10 @@ main() {
     netem) cmd_netem "$@" ;;
     partition) cmd_partition "$@" ;;
     heal) cmd_heal "$@" ;;
+    loss) cmd_loss "$@" ;;
+    pause) cmd_signal STOP "$@" ;;
+    resume) cmd_signal CONT "$@" ;;
+    bytes) cmd_bytes "$@" ;;
     list|ls) cmd_list "$@" ;;
     check) cmd_check "$@" ;;
     help|-h|--help) usage ;;

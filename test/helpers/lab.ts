@@ -121,7 +121,8 @@ export function labUnavailableReason (): string | null {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'network namespaces need root (run the e2e tests as root, as CI does)'
   const c = labCheck()
   if (c.ok) return null
-  const missing = [...c.lines].filter(([k, v]) => k !== 'netem' && v.startsWith('missing')).map(([k, v]) => `${k} ${v}`)
+  // netem and nft are optional extras (delay, loss): a lab is built without them.
+  const missing = [...c.lines].filter(([k, v]) => k !== 'netem' && k !== 'nft' && v.startsWith('missing')).map(([k, v]) => `${k} ${v}`)
   return missing.length > 0 ? missing.join('; ') : `lab.sh check failed: ${c.error ?? 'unknown error'}`
 }
 
@@ -135,6 +136,14 @@ export function netemUnavailableReason (): string | null {
   if (lab != null) return lab
   const v = labCheck().lines.get('netem')
   return v == null || v.startsWith('ok') ? null : v.replace(/^missing: /, '')
+}
+
+/** Why `lab.sh loss` (nftables random drop) is unavailable, or null. */
+export function lossUnavailableReason (): string | null {
+  const lab = labUnavailableReason()
+  if (lab != null) return lab
+  const v = labCheck().lines.get('nft')
+  return v == null ? 'lab.sh check did not report nft' : v.startsWith('ok') ? null : v.replace(/^missing: /, '')
 }
 
 /** True where e2e tests must run rather than skip (CI, or EDGELINK_E2E=require). */
@@ -299,6 +308,26 @@ export class Lab {
 
   /** `tc netem` on the host's lab interface, e.g. netem('h1', 'delay', '20ms', 'loss', '5%'); netem('h1', 'clear'). */
   async netem (host: string, ...args: string[]): Promise<void> { await this.sh(['netem', host, ...args]) }
+  /**
+   * Drop `percent` % of the IP packets the host receives, sends, or both (default), at
+   * random, with nftables in its namespace (`lab.sh loss`): packet loss where the kernel
+   * has no netem. `loss(host, 'clear')` removes it.
+   */
+  async loss (host: string, percent: number | 'clear', dir: 'in' | 'out' | 'both' = 'both'): Promise<void> {
+    await this.sh(percent === 'clear' ? ['loss', host, 'clear'] : ['loss', host, String(percent), dir])
+  }
+
+  /** SIGSTOP the host's agent (a hung process: its kernel still ACKs TCP). */
+  async pause (host: string): Promise<void> { await this.sh(['pause', host]) }
+  /** SIGCONT the host's agent. */
+  async resume (host: string): Promise<void> { await this.sh(['resume', host]) }
+
+  /** Kernel byte counters of the host's lab interface (lan0). */
+  async bytes (host: string): Promise<{ rx: number, tx: number }> {
+    const [rx, tx] = (await this.sh(['bytes', host])).stdout.trim().split(/\s+/).map(Number)
+    return { rx, tx }
+  }
+
   /** Cut the host's cable (its switch port goes down). */
   async partition (host: string): Promise<void> { await this.sh(['partition', host]) }
   async heal (host: string): Promise<void> { await this.sh(['heal', host]) }
