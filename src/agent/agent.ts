@@ -20,6 +20,8 @@ import { AuditLog } from '../audit/index.js'
 import { GroupService, type HostRow } from '../group/service.js'
 import { StatusService, type MemberLiveness } from '../status/service.js'
 import { SettingsService } from '../settings/service.js'
+import { ContentService } from '../content/service.js'
+import type { FetchOptions } from '../content/fetcher.js'
 import { ReplServer } from '../repl/server.js'
 import { AGENT_VERSION } from '../version.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
@@ -31,6 +33,8 @@ export interface AgentInit {
   config: AgentConfig
   /** Logger to use; by default JSON lines on stdout at `config.logLevel`. */
   logger?: Logger
+  /** Content fetch tuning (tests shorten timeouts). */
+  contentTuning?: Partial<FetchOptions>
 }
 
 /** This host as the API reports it. Group fields are null until the host is linked. */
@@ -59,6 +63,7 @@ interface Running {
   group: GroupService
   hostStatus: StatusService
   settings: SettingsService
+  content: ContentService
   api: ApiServer
   repl: ReplServer
   startedAt: number
@@ -74,6 +79,7 @@ export class Agent {
   readonly config: AgentConfig
   readonly paths: DataDirPaths
   readonly log: Logger
+  private readonly contentTuning?: Partial<FetchOptions>
   private state: AgentState = { status: 'stopped' }
   private readonly lifecycle = new Mutex()
 
@@ -81,6 +87,7 @@ export class Agent {
     this.config = init.config
     this.paths = prepareDataDir(init.dataDir).paths
     this.log = init.logger ?? createLogger({ level: init.config.logLevel, name: init.config.hostname })
+    this.contentTuning = init.contentTuning
   }
 
   get status (): AgentState['status'] {
@@ -94,13 +101,14 @@ export class Agent {
   get group (): GroupService { return this.running().group }
   get hostState (): StatusService { return this.running().hostStatus }
   get settings (): SettingsService { return this.running().settings }
+  get content (): ContentService { return this.running().content }
 
   /** The linked hosts table with each member's liveness and health. */
-  hostsTable (): Array<HostRow & MemberLiveness> {
+  hostsTable (): Array<HostRow & MemberLiveness & { content: { complete: number, total: number } }> {
     const r = this.running()
     return r.group.hosts().map(h => {
       const l = r.hostStatus.memberLiveness(h.peerId)
-      return { ...h, ...l, lastSeen: h.self ? h.lastSeen : (l.lastHeard ?? h.lastSeen) }
+      return { ...h, ...l, content: r.content.summary(h.peerId), lastSeen: h.self ? h.lastSeen : (l.lastHeard ?? h.lastSeen) }
     })
   }
 
@@ -149,10 +157,13 @@ export class Agent {
       await status.start()
       undo.push(async () => { await status.stop() })
       await settings.start()
+      const content = new ContentService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:content' }), audit, group, status, blobsDir: this.paths.blobs, fetch: this.contentTuning })
+      await content.start()
+      undo.push(async () => { await content.stop() })
 
       const api = new ApiServer(this, this.paths.apiSocket, this.log.child({ component: 'agent:api' }))
       const repl = new ReplServer(this, this.paths.replSocket, this.log.child({ component: 'agent:repl' }))
-      this.state = { status: 'running', store, node, peers, group, hostStatus: status, settings, api, repl, startedAt: started }
+      this.state = { status: 'running', store, node, peers, group, hostStatus: status, settings, content, api, repl, startedAt: started }
       await api.start()
       undo.push(async () => { await api.stop() })
       await repl.start()
@@ -184,6 +195,7 @@ export class Agent {
     }
     await step('repl', async () => { await running.repl.stop() })
     await step('api', async () => { await running.api.stop() })
+    await step('content', async () => { await running.content.stop() })
     await step('status', async () => { await running.hostStatus.stop() })
     await step('group', async () => { await running.group.stop() })
     await step('peer table', () => { running.peers.stop() })

@@ -1,3 +1,5 @@
+import { createReadStream } from 'node:fs'
+import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import type { Agent } from '../agent/agent.js'
@@ -19,8 +21,42 @@ const unlink = z.object({ host: z.string().min(1).max(256).optional(), force: z.
 const settingsSet = z.object({ host: z.string().min(1).max(256), settings: z.record(z.string().max(64), z.string().max(1024)) }).strict()
 const relinquish = z.object({ to: z.string().min(1).max(256).optional() }).strict()
 
+/**
+ * An upload body as an async iterable that fails if fewer bytes arrive than the
+ * Content-Length announced (a client that gave up half way): the blob store then
+ * discards the partial file and lists nothing.
+ */
+async function * uploadBody (raw: IncomingMessage, announced: number | undefined): AsyncGenerator<Uint8Array> {
+  let received = 0
+  for await (const chunk of raw) {
+    received += (chunk as Buffer).length
+    yield chunk as Buffer
+  }
+  if (announced != null && received !== announced) throw new BadRequestError(`upload interrupted: received ${received} of ${announced} bytes; nothing was added`, 'UPLOAD_INTERRUPTED')
+}
+
 /** Every `/api/v1` route. Handlers only translate HTTP to Agent calls. */
 export function registerRoutes (app: FastifyInstance, agent: Agent): void {
+  // Uploads stream straight into the blob store: never buffered, so never limited by bodyLimit.
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => { done(null, payload) })
+
+  app.get('/api/v1/content', async () => agent.content.list())
+  app.post<{ Querystring: { name?: string, kind?: string } }>('/api/v1/content', async (req, reply) => {
+    if (req.headers['content-type'] !== 'application/octet-stream') throw new BadRequestError('send the file as application/octet-stream', 'UPLOAD_CONTENT_TYPE')
+    const announced = req.headers['content-length'] != null ? Number(req.headers['content-length']) : undefined
+    const name = typeof req.query.name === 'string' ? req.query.name : ''
+    const kind = typeof req.query.kind === 'string' && req.query.kind !== '' ? req.query.kind : 'file'
+    const ctl = new AbortController()
+    req.raw.on('close', () => { if (!req.raw.complete) ctl.abort() })
+    const item = await agent.content.add(uploadBody(req.body as IncomingMessage, announced), { name, kind, size: announced, signal: ctl.signal })
+    return await reply.code(201).send(item)
+  })
+  app.delete<{ Params: { digest: string } }>('/api/v1/content/:digest', async (req) => await agent.content.remove(req.params.digest))
+  app.get<{ Params: { digest: string } }>('/api/v1/content/:digest/blob', async (req, reply) => {
+    const { path, size } = agent.content.pathOf(req.params.digest)
+    return await reply.header('content-type', 'application/octet-stream').header('content-length', size).send(createReadStream(path))
+  })
+
   app.get('/api/v1/status', async () => agent.hostStatus())
   app.get('/api/v1/peers', async () => agent.peerList())
   app.get('/api/v1/hosts', async () => agent.hostsTable())

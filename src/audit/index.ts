@@ -15,6 +15,7 @@ export type AuditEvent =
   | 'leader.changed'
   | 'liveness.changed'
   | 'settings.issued' | 'settings.applied' | 'settings.refused'
+  | 'content.added' | 'content.removed'
 
 export interface AuditEntry {
   time: string

@@ -16,6 +16,7 @@ import { registerLink } from './commands/link.js'
 import { registerUnlink } from './commands/unlink.js'
 import { registerLeader } from './commands/leader.js'
 import { registerSettings } from './commands/settings.js'
+import { registerContent } from './commands/content.js'
 
 export function buildProgram (): Command {
   const program = new Command('edgelink')
@@ -34,6 +35,7 @@ export function buildProgram (): Command {
   registerUnlink(program)
   registerLeader(program)
   registerSettings(program)
+  registerContent(program)
   registerRepl(program)
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)]
   for (const cmd of all(program)) cmd.exitOverride()

@@ -50,6 +50,15 @@ export interface HostStatusView {
   healthDetail: string
   labels: Record<string, string>
   settings: SettingsStateView
+  content: ContentProgressView[]
+}
+
+export interface ContentProgressView {
+  digest: string
+  state: string
+  have: number
+  total: number
+  error: string
 }
 
 export interface SettingsChangeView {
@@ -78,7 +87,7 @@ export async function verifyStatus (bytes: Uint8Array): Promise<Verified<HostSta
   const { body, signature } = openRecord(bytes)
   let s: HostStatus
   try {
-    s = HostStatus.decode(body, { limits: { addresses: 16, labels: MAX_LABELS } })
+    s = HostStatus.decode(body, { limits: { addresses: 16, labels: MAX_LABELS, content: 256 } })
   } catch (err) {
     throw new RecordError(`status record is malformed: ${(err as Error).message}`)
   }
@@ -152,7 +161,8 @@ function statusView (s: HostStatus): HostStatusView {
       state: (['none', 'pending', 'applied', 'failed'].includes(s.settings?.state ?? '') ? s.settings?.state : 'none') as SettingsStateView['state'],
       message: s.settings?.message ?? '',
       at: s.settings?.at != null && s.settings.at > 0n ? new Date(Number(s.settings.at)).toISOString() : null
-    }
+    },
+    content: s.content.map(c => ({ digest: c.digest, state: c.state, have: c.have, total: c.total, error: c.error }))
   }
 }
 

@@ -285,7 +285,8 @@ export class StatusService {
       health: w.health,
       healthDetail: w.healthDetail,
       labels: { ...this.c.config.labels },
-      settings: this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null }
+      settings: this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null },
+      content: w.content.map(c => ({ digest: c.digest, state: c.state, have: c.have, total: c.total, error: c.error }))
     }
   }
 

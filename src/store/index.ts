@@ -12,7 +12,7 @@ import { DataDirLockedError, StoreError } from '../errors.js'
 export const SCHEMA_VERSION = 1
 
 /** Names of the sublevels; one per concern so keys never collide. */
-export const SUBLEVELS = ['meta', 'group', 'tokens', 'peers', 'status', 'settings', 'content', 'links'] as const
+export const SUBLEVELS = ['meta', 'group', 'tokens', 'peers', 'status', 'settings', 'content', 'catalog', 'links'] as const
 export type SublevelName = typeof SUBLEVELS[number]
 
 type Migration = (store: Store) => Promise<void>

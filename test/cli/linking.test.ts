@@ -438,7 +438,7 @@ describe('edgelink link', () => {
       expect(res.code, res.stderr).toBe(0)
       const out = lines(res.stdout)
       expect(out).toHaveLength(4)
-      expect(out[0]).toMatch(/^HOSTNAME\s+ROLE\s+LIVENESS\s+HEALTH\s+PEER ID\s+ADDRESSES\s+CONNECTED\b/)
+      expect(out[0]).toMatch(/^HOSTNAME\s+ROLE\s+LIVENESS\s+HEALTH\s+SYNCED\s+PEER ID\s+ADDRESSES\s+CONNECTED\b/)
       for (const n of ['h1', 'h2', 'h3'] as const) {
         const row = out.slice(1).find(l => l.includes(agents[n].peerId))
         expect(row, n).toMatch(new RegExp(`^${n}\\b.*\\b${n === 'h1' ? 'leader' : 'follower'}\\b`))

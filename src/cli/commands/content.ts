@@ -1,0 +1,193 @@
+import { createReadStream, createWriteStream, renameSync, rmSync, statSync } from 'node:fs'
+import { request } from 'node:http'
+import { basename } from 'node:path'
+import type { Command } from 'commander'
+import type { CatalogItemView } from '../../content/catalog.js'
+import type { ContentItemView } from '../../content/service.js'
+import { clientFor, withCommon, type CommonOptions } from '../common.js'
+import { CliError, EXIT_USAGE } from '../errors.js'
+import { formatTable, printJson } from '../output.js'
+
+const KINDS = ['agent-image', 'provider-image', 'cluster-definition', 'file']
+
+export function registerContent (program: Command): void {
+  const content = program.command('content').description('files every linked host keeps (images, cluster definitions)')
+
+  withCommon(content.command('add'))
+    .description('upload FILE to the leader; every host then fetches it')
+    .argument('<file>', 'the file to add')
+    .option('--name <name>', 'name shown in `content ls` (default: the file name)')
+    .option('--kind <kind>', `one of ${KINDS.join(', ')}`, 'file')
+    .option('--wait', 'after the upload, show group-wide progress until every host has the file')
+    .action(async (file: string, opts: CommonOptions & { name?: string, kind: string, wait?: boolean }) => {
+      if (!KINDS.includes(opts.kind)) throw new CliError(`--kind must be one of ${KINDS.join(', ')}`, EXIT_USAGE)
+      let size: number
+      try {
+        const st = statSync(file)
+        if (!st.isFile()) throw new CliError(`${file} is not a regular file`)
+        size = st.size
+      } catch (err) {
+        if (err instanceof CliError) throw err
+        throw new CliError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
+      }
+      const client = clientFor(opts)
+      const name = opts.name ?? basename(file)
+      const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
+      if (opts.wait === true) await waitAll(client, item.digest, opts.json !== true)
+      if (opts.json === true) { printJson(opts.wait === true ? (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === item.digest) : item); return }
+      process.stdout.write(`${item.digest}  ${item.name} (${item.kind}, ${human(item.size)})\n`)
+    })
+
+  withCommon(content.command('ls'))
+    .description('the catalog, with each host\'s state per item')
+    .action(async (opts: CommonOptions) => {
+      const items = await clientFor(opts).get<ContentItemView[]>('/api/v1/content')
+      if (opts.json === true) { printJson(items); return }
+      if (items.length === 0) { process.stdout.write('No content. Add a file on the leader with `edgelink content add FILE`.\n'); return }
+      process.stdout.write(formatTable(['DIGEST', 'NAME', 'KIND', 'SIZE', 'HOSTS'],
+        items.map(i => [i.digest.slice(0, 19) + '…', i.name, i.kind, human(i.size), i.hosts.map(h => `${h.hostname}: ${describe(h)}`).join(', ')])))
+    })
+
+  withCommon(content.command('rm'))
+    .description('remove an item from the catalog (leader); every host deletes it')
+    .argument('<digest>', 'sha256:<hex>, from `content ls --json`')
+    .action(async (digest: string, opts: CommonOptions) => {
+      const r = await clientFor(opts).delete<{ removed: string }>(`/api/v1/content/${encodeURIComponent(digest)}`)
+      if (opts.json === true) { printJson(r); return }
+      process.stdout.write(`Removed ${r.removed}; every host deletes it.\n`)
+    })
+
+  withCommon(content.command('get'))
+    .description('copy a complete file out of this host\'s store')
+    .argument('<digest>', 'sha256:<hex>')
+    .requiredOption('--out <file>', 'where to write it')
+    .action(async (digest: string, opts: CommonOptions & { out: string }) => {
+      const client = clientFor(opts)
+      const bytes = await download(client.socketPath, client.dataDir, digest, opts.out)
+      if (opts.json === true) { printJson({ digest, out: opts.out, size: bytes }); return }
+      process.stdout.write(`Wrote ${human(bytes)} to ${opts.out}\n`)
+    })
+}
+
+function describe (h: ContentItemView['hosts'][number]): string {
+  if (h.state === 'syncing') return `syncing ${h.percent}%`
+  if (h.state === 'error') return `error: ${h.error ?? '?'}`
+  return h.state
+}
+
+function human (n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  let v = n
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
+}
+
+function notRunning (dataDir: string): CliError {
+  return new CliError(`no edgelink agent is running for data dir ${dataDir}; start one with \`edgelink agent --data-dir ${dataDir}\``, 1, 'AGENT_NOT_RUNNING')
+}
+
+/** Stream the file to the agent; a progress bar with rate and ETA on a terminal. */
+async function upload (socketPath: string, dataDir: string, file: string, size: number, name: string, kind: string, interactive: boolean): Promise<CatalogItemView> {
+  const { SingleBar, Presets } = (await import('cli-progress')).default
+  const bar = interactive && process.stderr.isTTY === true
+    ? new SingleBar({ format: 'upload [{bar}] {percentage}% | {value}/{total} MiB | {rate} MiB/s | ETA {eta_formatted}', stream: process.stderr, hideCursor: true }, Presets.shades_classic)
+    : undefined
+  const mib = (b: number): number => Math.round(b / 1024 / 1024)
+  bar?.start(mib(size), 0, { rate: '0' })
+  const started = Date.now()
+  return await new Promise<CatalogItemView>((resolve, reject) => {
+    const req = request({
+      socketPath,
+      method: 'POST',
+      path: `/api/v1/content?name=${encodeURIComponent(name)}&kind=${encodeURIComponent(kind)}`,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': size }
+    }, res => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => { if (chunks.length < 1024) chunks.push(c) })
+      res.on('end', () => {
+        bar?.stop()
+        let body: unknown
+        try { body = JSON.parse(Buffer.concat(chunks).toString('utf8')) } catch { body = undefined }
+        if ((res.statusCode ?? 500) >= 400) {
+          reject(new CliError((body as { error?: { message?: string } } | undefined)?.error?.message ?? `upload failed: HTTP ${res.statusCode ?? '?'}`))
+          return
+        }
+        resolve(body as CatalogItemView)
+      })
+    })
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      bar?.stop()
+      reject(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? notRunning(dataDir) : new CliError(`upload failed: ${err.code ?? err.message}`))
+    })
+    const input = createReadStream(file, { highWaterMark: 1024 * 1024 })
+    let sent = 0
+    input.on('data', (c) => {
+      sent += c.length
+      bar?.update(mib(sent), { rate: (sent / 1024 / 1024 / Math.max(0.001, (Date.now() - started) / 1000)).toFixed(1) })
+    })
+    input.on('error', (err) => { req.destroy(err) })
+    input.pipe(req)
+  })
+}
+
+/** Poll until every host has the item; a group-wide progress bar on a terminal. */
+async function waitAll (client: ReturnType<typeof clientFor>, digest: string, interactive: boolean): Promise<void> {
+  const { SingleBar, Presets } = (await import('cli-progress')).default
+  const bar = interactive && process.stderr.isTTY === true
+    ? new SingleBar({ format: 'group  [{bar}] {percentage}% | {complete}/{hosts} hosts complete', stream: process.stderr, hideCursor: true }, Presets.shades_classic)
+    : undefined
+  let started = false
+  for (;;) {
+    const item = (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === digest)
+    if (item == null) throw new CliError(`${digest} left the catalog while waiting`)
+    const total = item.hosts.reduce((a, h) => a + h.total, 0)
+    const have = item.hosts.reduce((a, h) => a + (h.state === 'complete' ? h.total : h.have), 0)
+    if (bar != null) {
+      if (!started) { bar.start(total, have, { complete: item.complete, hosts: item.hosts.length }); started = true } else bar.update(have, { complete: item.complete, hosts: item.hosts.length })
+    }
+    const failed = item.hosts.filter(h => h.state === 'error')
+    if (item.complete === item.hosts.length) { bar?.stop(); return }
+    if (failed.length > 0 && !interactive) {
+      // Keep waiting: errors are retried (disk space may appear); say what is wrong once.
+      process.stderr.write(`waiting: ${failed.map(h => `${h.hostname}: ${h.error ?? 'error'}`).join('; ')}\n`)
+    }
+    await new Promise(resolve => setTimeout(resolve, 500))
+  }
+}
+
+async function download (socketPath: string, dataDir: string, digest: string, out: string): Promise<number> {
+  const tmp = `${out}.part-${process.pid}`
+  return await new Promise<number>((resolve, reject) => {
+    const req = request({ socketPath, method: 'GET', path: `/api/v1/content/${encodeURIComponent(digest)}/blob` }, res => {
+      if ((res.statusCode ?? 500) >= 400) {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          let msg = `HTTP ${res.statusCode ?? '?'}`
+          try { msg = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error: { message: string } }).error.message } catch {}
+          reject(new CliError(msg))
+        })
+        return
+      }
+      const file = createWriteStream(tmp, { mode: 0o644 })
+      let n = 0
+      res.on('data', (c: Buffer) => { n += c.length })
+      res.pipe(file)
+      file.on('finish', () => {
+        try {
+          renameSync(tmp, out)
+          resolve(n)
+        } catch (err) {
+          reject(new CliError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`))
+        }
+      })
+      file.on('error', (err: NodeJS.ErrnoException) => { rmSync(tmp, { force: true }); reject(new CliError(`cannot write ${out}: ${err.code ?? err.message}`)) })
+      res.on('error', (err) => { rmSync(tmp, { force: true }); reject(new CliError(`download failed: ${err.message}`)) })
+    })
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      reject(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? notRunning(dataDir) : new CliError(`download failed: ${err.code ?? err.message}`))
+    })
+    req.end()
+  })
+}

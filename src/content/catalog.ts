@@ -1,0 +1,106 @@
+/**
+ * The catalog: the leader-signed list of content the group should hold. Versioned;
+ * a member keeps the newest one whose issuer led the group in its term (the same rule
+ * as settings changes). Pure functions; no I/O.
+ */
+import type { PrivateKey } from '@libp2p/interface'
+import { Catalog, type CatalogItem } from '../wire/sync.js'
+import { SignedRecord } from '../wire/group.js'
+import { openRecord, peerBytes, peerFrom, RecordError } from '../status/records.js'
+import { context, signWith, verifyWith } from '../util/signing.js'
+import { u8 } from '../util/bytes.js'
+import { isDigest } from './manifest.js'
+
+const CATALOG_CONTEXT = context('catalog v1')
+/** Most items a catalog lists: a site's images and definitions, far below what a gossip message holds. */
+export const MAX_CATALOG_ITEMS = 256
+export const CONTENT_KINDS = ['agent-image', 'provider-image', 'cluster-definition', 'file'] as const
+export type ContentKind = typeof CONTENT_KINDS[number]
+
+export interface CatalogItemView {
+  digest: string
+  name: string
+  kind: ContentKind
+  size: number
+  chunkSize: number
+  manifestDigest: string // hex
+  addedAt: string
+}
+
+export interface CatalogView {
+  groupId: string
+  version: number
+  items: CatalogItemView[]
+  issuer: string
+  term: number
+  issuedAt: string
+}
+
+export interface SignedCatalog {
+  view: CatalogView
+  bytes: Uint8Array
+}
+
+export async function signCatalog (c: Omit<CatalogView, 'issuedAt'>, key: PrivateKey): Promise<SignedCatalog> {
+  const body = Catalog.encode({
+    groupId: u8(Buffer.from(c.groupId, 'hex')),
+    version: BigInt(c.version),
+    items: c.items.map(toWireItem),
+    issuer: peerBytes(c.issuer),
+    term: BigInt(c.term),
+    issuedAt: BigInt(Date.now())
+  })
+  const bytes = SignedRecord.encode({ body, signature: u8(await signWith(key, CATALOG_CONTEXT, body)) })
+  return await verifyCatalog(bytes)
+}
+
+export async function verifyCatalog (bytes: Uint8Array): Promise<SignedCatalog> {
+  const { body, signature } = openRecord(bytes)
+  let c: Catalog
+  try {
+    c = Catalog.decode(body, { limits: { items: MAX_CATALOG_ITEMS } })
+  } catch (err) {
+    throw new RecordError(`catalog is malformed: ${(err as Error).message}`)
+  }
+  const issuer = peerFrom(c.issuer)
+  if (!await verifyWith(issuer, CATALOG_CONTEXT, body, signature)) throw new RecordError('catalog signature does not verify')
+  const seen = new Set<string>()
+  const items = c.items.map(i => {
+    if (!isDigest(i.digest) || seen.has(i.digest)) throw new RecordError('catalog lists an invalid or duplicate digest')
+    seen.add(i.digest)
+    if (!(CONTENT_KINDS as readonly string[]).includes(i.kind)) throw new RecordError(`catalog item has an unknown kind "${i.kind.slice(0, 40)}"`)
+    if (i.name.length === 0 || i.name.length > 255 || i.manifestDigest.length !== 32 || i.chunkSize === 0) throw new RecordError('catalog item is malformed')
+    return {
+      digest: i.digest,
+      name: i.name,
+      kind: i.kind as ContentKind,
+      size: Number(i.size),
+      chunkSize: i.chunkSize,
+      manifestDigest: Buffer.from(i.manifestDigest).toString('hex'),
+      addedAt: new Date(Number(i.addedAt)).toISOString()
+    }
+  })
+  return {
+    view: {
+      groupId: Buffer.from(c.groupId).toString('hex'),
+      version: Number(c.version),
+      items,
+      issuer: issuer.toString(),
+      term: Number(c.term),
+      issuedAt: new Date(Number(c.issuedAt)).toISOString()
+    },
+    bytes
+  }
+}
+
+function toWireItem (i: CatalogItemView): CatalogItem {
+  return {
+    digest: i.digest,
+    name: i.name,
+    kind: i.kind,
+    size: BigInt(i.size),
+    chunkSize: i.chunkSize,
+    manifestDigest: u8(Buffer.from(i.manifestDigest, 'hex')),
+    addedAt: BigInt(Date.parse(i.addedAt))
+  }
+}

@@ -1,0 +1,379 @@
+/**
+ * Content on every host (see protocols/sync.md): the leader uploads files into its
+ * blob store and lists them in the signed catalog; every member fetches what the
+ * catalog lists from every member that has it, serves what it has, reports its
+ * progress in its status, and deletes what the catalog no longer lists.
+ */
+import type { PrivateKey } from '@libp2p/interface'
+import type { AgentConfig } from '../agent/config.js'
+import type { Logger } from '../agent/logger.js'
+import type { AuditLog } from '../audit/index.js'
+import type { EdgelinkNode } from '../net/node.js'
+import type { Store, Sublevel } from '../store/index.js'
+import type { GroupService } from '../group/service.js'
+import type { StatusService, ContentHooks } from '../status/service.js'
+import type { ContentProgress } from '../wire/group.js'
+import type { ContentProgressView } from '../status/records.js'
+import { BadRequestError, errorMessage, NotFoundError } from '../errors.js'
+import { GroupStateError } from '../group/errors.js'
+import { Mutex } from '../util/mutex.js'
+import { BlobStore, InsufficientSpaceError } from './blobs.js'
+import { encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
+import { CONTENT_KINDS, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
+import { SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
+import { ItemFetch, type FetchOptions } from './fetcher.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+
+/** Retry an item that failed (no member has it yet, disk full, bad data) this often. */
+const RETRY_MS = 5_000
+
+export interface ContentComponents {
+  node: EdgelinkNode
+  store: Store
+  privateKey: PrivateKey
+  config: AgentConfig
+  log: Logger
+  audit: AuditLog
+  group: GroupService
+  status: StatusService
+  blobsDir: string
+  /** Fetch tuning; tests shorten timeouts. */
+  fetch?: Partial<FetchOptions>
+  /** Free space of the blob store's file system; tests inject a small one. */
+  freeSpace?: () => Promise<number>
+}
+
+/** Per-host state of one item, as `content ls` shows it. */
+export type ItemState = 'complete' | 'syncing' | 'queued' | 'error'
+
+export interface HostItemState {
+  peerId: string
+  hostname: string
+  state: ItemState
+  have: number
+  total: number
+  percent: number
+  error?: string
+}
+
+export interface ContentItemView extends CatalogItemView {
+  hosts: HostItemState[]
+  complete: number
+}
+
+interface LocalState { state: ItemState, error?: string }
+
+const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 1_000, maxFaults: 3, banMs: 60_000 }
+
+export class ContentService implements ContentHooks, SyncServer {
+  private readonly c: ContentComponents
+  private readonly self: string
+  readonly blobs: BlobStore
+  private readonly db: Sublevel<string>
+  private current?: SignedCatalog
+  private readonly local = new Map<string, LocalState>()
+  private readonly active = new Map<string, AbortController>()
+  /** Running fetches, so stop() can wait for their last flush before the store closes. */
+  private readonly inflight = new Set<Promise<void>>()
+  private readonly retries = new Map<string, NodeJS.Timeout>()
+  private readonly changeLock = new Mutex()
+  private readonly fetchOptions: FetchOptions
+  /** Bytes served to and received from each member since start (the swarming measurement). */
+  readonly traffic = { served: new Map<string, number>(), received: new Map<string, number>(), faults: new Map<string, number>() }
+  private unsubscribe?: () => void
+  private running = false
+
+  constructor (c: ContentComponents) {
+    this.c = c
+    this.self = c.node.peerId.toString()
+    this.db = c.store.sublevel<string>('catalog')
+    this.blobs = new BlobStore(c.blobsDir, c.store.sublevel<unknown>('content') as never, c.log, c.freeSpace != null ? { freeSpace: c.freeSpace } : undefined)
+    this.fetchOptions = { ...DEFAULT_FETCH, ...c.fetch }
+  }
+
+  async start (): Promise<void> {
+    if (this.running) return
+    this.running = true
+    await this.blobs.init()
+    const stored = await this.db.get('catalog')
+    if (stored != null) {
+      try {
+        this.current = await verifyCatalog(Buffer.from(stored, 'base64'))
+      } catch (err) {
+        this.c.log.warn({ err: errorMessage(err) }, 'dropping a stored catalog that does not verify')
+      }
+    }
+    await this.c.node.handle(SYNC_PROTOCOL, syncHandler(this, this.c.log), { maxInboundStreams: MAX_INBOUND_SYNC_STREAMS })
+    this.c.status.attachContent(this)
+    this.unsubscribe = this.c.group.onChange(() => { this.schedule() })
+    this.schedule()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.running) return
+    this.running = false
+    this.unsubscribe?.()
+    for (const t of this.retries.values()) clearTimeout(t)
+    this.retries.clear()
+    for (const a of this.active.values()) a.abort()
+    this.active.clear()
+    // Each fetch flushes its verified chunks on the way out; the store must still be open.
+    await Promise.allSettled([...this.inflight])
+    await this.c.node.unhandle(SYNC_PROTOCOL)
+  }
+
+  // ---- operator ---------------------------------------------------------------
+
+  /** Upload (leader only): stream the bytes into the blob store and list them in the catalog. */
+  async add (source: AsyncIterable<Uint8Array>, opts: { name: string, kind: string, size?: number, signal?: AbortSignal }): Promise<CatalogItemView> {
+    if (opts.name.length === 0 || opts.name.length > 255 || /[\0/\\]/.test(opts.name)) throw new BadRequestError('name must be 1-255 characters without slashes', 'CONTENT_NAME_INVALID')
+    if (!(CONTENT_KINDS as readonly string[]).includes(opts.kind)) throw new BadRequestError(`kind must be one of ${CONTENT_KINDS.join(', ')}`, 'CONTENT_KIND_INVALID')
+    this.requireLeader('upload content')
+    const manifest = await this.blobs.ingest(source, { signal: opts.signal, expectedSize: opts.size })
+    return await this.changeLock.run(async () => {
+      this.requireLeader('upload content')
+      const items = (this.current?.view.items ?? []).filter(i => i.digest !== manifest.digest)
+      const item: CatalogItemView = {
+        digest: manifest.digest,
+        name: opts.name,
+        kind: opts.kind as ContentKind,
+        size: manifest.size,
+        chunkSize: manifest.chunkSize,
+        manifestDigest: Buffer.from(manifestDigest(encodeManifest(manifest))).toString('hex'),
+        addedAt: new Date().toISOString()
+      }
+      await this.issue([...items, item])
+      this.c.audit.record('content.added', { digest: item.digest, name: item.name, kind: item.kind, size: item.size })
+      return item
+    })
+  }
+
+  /** Remove (leader only): drop the item from the catalog; every member deletes its blob. */
+  async remove (digest: string): Promise<{ removed: string }> {
+    if (!isDigest(digest)) throw new BadRequestError(`"${digest.slice(0, 80)}" is not a digest (sha256:<64 hex>); see \`edgelink content ls\``, 'CONTENT_DIGEST_INVALID')
+    return await this.changeLock.run(async () => {
+      this.requireLeader('remove content')
+      const items = this.current?.view.items ?? []
+      if (!items.some(i => i.digest === digest)) throw new NotFoundError(`${digest} is not in the catalog; see \`edgelink content ls\``, 'CONTENT_UNKNOWN')
+      await this.issue(items.filter(i => i.digest !== digest))
+      this.c.audit.record('content.removed', { digest })
+      return { removed: digest }
+    })
+  }
+
+  /** The catalog with every member's state for each item. */
+  list (): ContentItemView[] {
+    const members = this.c.group.roster?.members ?? []
+    return (this.current?.view.items ?? []).map(item => {
+      const hosts = members.map(m => this.hostState(m.peerId, m.hostname, item))
+      return { ...item, hosts, complete: hosts.filter(h => h.state === 'complete').length }
+    })
+  }
+
+  /** Path of a complete blob, for `content get`. */
+  pathOf (digest: string): { path: string, size: number } {
+    if (!isDigest(digest)) throw new BadRequestError(`"${digest.slice(0, 80)}" is not a digest (sha256:<64 hex>)`, 'CONTENT_DIGEST_INVALID')
+    if (!this.blobs.has(digest)) throw new NotFoundError(`${digest} is not complete on this host; see \`edgelink content ls\``, 'CONTENT_NOT_HERE')
+    return { path: this.blobs.path(digest), size: this.blobs.manifest(digest)?.size ?? 0 }
+  }
+
+  /** Content summary for the hosts table: complete items out of the catalog's. */
+  summary (peer: string): { complete: number, total: number } {
+    const items = this.current?.view.items ?? []
+    const hostname = this.c.group.roster?.members.find(m => m.peerId === peer)?.hostname ?? ''
+    return { complete: items.filter(i => this.hostState(peer, hostname, i).state === 'complete').length, total: items.length }
+  }
+
+  // ---- ContentHooks ---------------------------------------------------------------
+
+  progress (): ContentProgress[] {
+    return (this.current?.view.items ?? []).map(i => {
+      const s = this.localState(i)
+      return { digest: i.digest, state: s.state, have: s.have, total: s.total, error: s.error ?? '' }
+    })
+  }
+
+  catalog (): Uint8Array | undefined {
+    return this.current?.bytes
+  }
+
+  async receive (bytes: Uint8Array, via: string): Promise<'stored' | 'stale' | 'refused'> {
+    let c: SignedCatalog
+    try {
+      c = await verifyCatalog(bytes)
+    } catch (err) {
+      this.c.log.debug({ via, err: errorMessage(err) }, 'catalog refused')
+      return 'refused'
+    }
+    const r = this.c.group.roster
+    if (r == null || c.view.groupId !== r.groupId || c.view.term > r.term) return 'refused'
+    const leader = await this.c.group.leaderOfTerm(c.view.term).catch(() => undefined)
+    if (leader !== c.view.issuer) return 'refused'
+    if (this.current != null && this.current.view.version >= c.view.version) return 'stale'
+    await this.keep(c)
+    return 'stored'
+  }
+
+  // ---- SyncServer ---------------------------------------------------------------------
+
+  authorize (peer: string): boolean { return this.c.group.isMemberPeer(peer) }
+
+  manifest (digest: string): Uint8Array | undefined {
+    return this.inCatalog(digest) ? this.blobs.manifestBytes(digest) : undefined
+  }
+
+  bitmap (digest: string): Uint8Array | undefined {
+    return this.inCatalog(digest) ? this.blobs.bitmap(digest) : undefined
+  }
+
+  async chunk (digest: string, index: number): Promise<Uint8Array | undefined> {
+    return this.inCatalog(digest) ? await this.blobs.readChunk(digest, index) : undefined
+  }
+
+  served (peer: string, bytes: number): void {
+    this.traffic.served.set(peer, (this.traffic.served.get(peer) ?? 0) + bytes)
+  }
+
+  // ---- internals ----------------------------------------------------------------------
+
+  private requireLeader (what: string): void {
+    const r = this.c.group.requireMembership().record.roster
+    if (r.leader !== this.self) throw new GroupStateError(`only the leader (${r.leader}) can ${what}; run this on the leader`, 'NOT_LEADER', 403)
+  }
+
+  private async issue (items: CatalogItemView[]): Promise<void> {
+    const r = this.c.group.requireMembership().record.roster
+    const signed = await signCatalog({ groupId: r.groupId, version: (this.current?.view.version ?? 0) + 1, items, issuer: this.self, term: r.term }, this.c.privateKey)
+    await this.keep(signed)
+    await this.c.status.publishCatalog(signed.bytes)
+  }
+
+  private async keep (c: SignedCatalog): Promise<void> {
+    this.current = c
+    await this.db.put('catalog', Buffer.from(c.bytes).toString('base64'))
+    this.schedule()
+    void this.c.status.publish(true)
+  }
+
+  private inCatalog (digest: string): boolean {
+    return this.current?.view.items.some(i => i.digest === digest) === true
+  }
+
+  private hostState (peer: string, hostname: string, item: CatalogItemView): HostItemState {
+    const total = Math.ceil(item.size / item.chunkSize)
+    if (peer === this.self) {
+      const s = this.localState(item)
+      return { peerId: peer, hostname, state: s.state, have: s.have, total: s.total, percent: pct(s.have, s.total), ...(s.error != null ? { error: s.error } : {}) }
+    }
+    let p: ContentProgressView | undefined
+    try {
+      p = this.c.status.statusOf(peer).content.find(x => x.digest === item.digest)
+    } catch {
+      p = undefined
+    }
+    if (p == null) return { peerId: peer, hostname, state: 'queued', have: 0, total, percent: 0 }
+    const state = (['complete', 'syncing', 'queued', 'error'].includes(p.state) ? p.state : 'queued') as ItemState
+    return { peerId: peer, hostname, state, have: p.have, total: p.total, percent: pct(p.have, p.total), ...(p.error !== '' ? { error: p.error } : {}) }
+  }
+
+  private localState (item: CatalogItemView): { state: ItemState, have: number, total: number, error?: string } {
+    const total = Math.ceil(item.size / item.chunkSize)
+    if (this.blobs.has(item.digest)) return { state: 'complete', have: total, total }
+    const entry = this.blobs.list().find(e => e.digest === item.digest)
+    const l = this.local.get(item.digest)
+    const have = entry?.have ?? 0
+    if (l?.state === 'error') return { state: 'error', have, total, error: l.error }
+    return { state: this.active.has(item.digest) ? 'syncing' : 'queued', have, total }
+  }
+
+  /** Start fetching what the catalog lists and we lack; delete what it no longer lists. */
+  private schedule (): void {
+    if (!this.running) return
+    const items = this.current?.view.items ?? []
+    const wanted = new Set(items.map(i => i.digest))
+    for (const [digest, ctl] of this.active) {
+      if (!wanted.has(digest)) { ctl.abort(); this.active.delete(digest) }
+    }
+    for (const e of this.blobs.list()) {
+      if (!wanted.has(e.digest)) {
+        this.blobs.remove(e.digest).then(() => {
+          this.c.log.info({ digest: e.digest }, 'removed content no longer in the catalog')
+        }, err => { this.c.log.warn({ digest: e.digest, err: errorMessage(err) }, 'cannot remove content') })
+      }
+    }
+    if (this.c.group.membership == null) return
+    for (const item of items) {
+      if (!this.blobs.has(item.digest) && !this.active.has(item.digest) && !this.retries.has(item.digest)) this.fetch(item)
+    }
+  }
+
+  private fetch (item: CatalogItemView): void {
+    const ctl = new AbortController()
+    this.active.set(item.digest, ctl)
+    this.local.set(item.digest, { state: 'syncing' })
+    const run = this.fetchItem(item, ctl.signal).then(() => {
+      this.local.delete(item.digest)
+      this.c.log.info({ digest: item.digest, name: item.name }, 'content complete')
+    }, (err: unknown) => {
+      if (ctl.signal.aborted) return
+      const message = err instanceof InsufficientSpaceError ? err.message : errorMessage(err)
+      this.local.set(item.digest, { state: 'error', error: message })
+      this.c.log.warn({ digest: item.digest, err: message }, 'content sync failed; will retry')
+      this.retries.set(item.digest, setTimeout(() => { this.retries.delete(item.digest); this.schedule() }, RETRY_MS))
+    }).finally(() => {
+      if (this.active.get(item.digest) === ctl) this.active.delete(item.digest)
+      this.inflight.delete(run)
+      if (this.running) void this.c.status.publish(true)
+    })
+    this.inflight.add(run)
+  }
+
+  private async fetchItem (item: CatalogItemView, signal: AbortSignal): Promise<void> {
+    const manifest = this.blobs.manifest(item.digest) ?? await this.fetchManifest(item)
+    const partial = await this.blobs.openPartial(manifest)
+    try {
+      let lastPublish = 0
+      await new ItemFetch({
+        node: this.c.node,
+        log: this.c.log,
+        peers: () => (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self),
+        received: (peer, n) => { this.traffic.received.set(peer, (this.traffic.received.get(peer) ?? 0) + n) },
+        fault: (peer) => { this.traffic.faults.set(peer, (this.traffic.faults.get(peer) ?? 0) + 1) },
+        progress: () => {
+          // Progress in status at most twice a second: others see "syncing N%" without a message per chunk.
+          if (Date.now() - lastPublish > 500) { lastPublish = Date.now(); void this.c.status.publish(true) }
+        }
+      }, this.fetchOptions, partial, signal).run()
+    } finally {
+      await partial.close()
+    }
+  }
+
+  /** Ask members for the manifest; accept only one whose digest the catalog names. */
+  private async fetchManifest (item: CatalogItemView): Promise<ManifestView> {
+    const peers = (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self)
+    for (const peer of peers) {
+      let session: SyncSession | undefined
+      try {
+        session = await SyncSession.open(this.c.node, peerIdFromString(peer), this.fetchOptions.chunkTimeoutMs)
+        const bytes = await session.manifest(item.digest)
+        if (Buffer.from(manifestDigest(bytes)).toString('hex') !== item.manifestDigest) {
+          this.c.log.warn({ peer, digest: item.digest }, 'member sent a manifest that does not match the catalog')
+          continue
+        }
+        const m = decodeManifest(bytes)
+        if (m.digest !== item.digest || m.size !== item.size) continue
+        return m
+      } catch (err) {
+        this.c.log.debug({ peer, err: errorMessage(err) }, 'manifest not available from member')
+      } finally {
+        session?.close()
+      }
+    }
+    throw new Error('no member could provide the manifest yet')
+  }
+}
+
+function pct (have: number, total: number): number {
+  return total === 0 ? 100 : Math.floor(have * 100 / total)
+}

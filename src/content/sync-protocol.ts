@@ -1,0 +1,183 @@
+/**
+ * Wire layer of `/edgelink/sync/1.0.0` (see protocols/sync.md). A stream carries a
+ * sequence of requests from the fetcher, each answered by a SyncResponse and, for a
+ * chunk, one length-prefixed frame with the chunk's bytes. Streams are long-lived so
+ * protocol negotiation is paid once per worker, not once per chunk. Writes wait for
+ * the stream's 'drain' event (byteStream), so a slow receiver throttles the sender
+ * and memory stays bounded: at most one chunk per stream is in flight.
+ */
+import { lpStream, type LengthPrefixedStream } from '@libp2p/utils'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import type { Logger } from '../agent/logger.js'
+import type { EdgelinkNode } from '../net/node.js'
+import { errorMessage } from '../errors.js'
+import { SyncRequest, SyncRequestType, SyncResponse, SyncStatus } from '../wire/sync.js'
+import { u8 } from '../util/bytes.js'
+
+export const SYNC_PROTOCOL = '/edgelink/sync/1.0.0'
+/** A request is a digest and an index: tiny. */
+export const MAX_SYNC_REQUEST = 1024
+/** A response frame: a manifest of the largest file (64 GiB / 1 MiB chunks × 34 B ≈ 2.2 MB) or one chunk (≤ 16 MiB). */
+export const MAX_SYNC_FRAME = 17 * 1024 * 1024
+/** Streams one peer may hold open to us; fetchers use a few each. */
+export const MAX_INBOUND_SYNC_STREAMS = 32
+/** A stream with no request for this long is closed by the server. */
+export const SYNC_IDLE_MS = 30_000
+
+export { SyncRequestType, SyncStatus }
+
+/** What the serving side's logic answers; it never sees the stream. */
+export interface SyncServer {
+  authorize: (peer: string) => boolean
+  manifest: (digest: string) => Uint8Array | undefined
+  bitmap: (digest: string) => Uint8Array | undefined
+  chunk: (digest: string, index: number) => Promise<Uint8Array | undefined>
+  /** Count bytes served, per peer, for progress and for the swarming measurement. */
+  served: (peer: string, bytes: number) => void
+}
+
+const EMPTY = new Uint8Array(0)
+
+function res (status: SyncStatus, fields: Partial<SyncResponse> = {}): SyncResponse {
+  return { status, message: '', manifest: u8(EMPTY), bitmap: u8(EMPTY), length: 0, ...fields }
+}
+
+export function syncHandler (server: SyncServer, log: Logger) {
+  return async (stream: Stream, connection: Connection): Promise<void> => {
+    const peer = connection.remotePeer.toString()
+    const lp = lpStream(stream, { maxDataLength: MAX_SYNC_REQUEST })
+    try {
+      if (!server.authorize(peer)) {
+        await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_MEMBER, { message: 'only members of this group may fetch its content' })), { signal: AbortSignal.timeout(5000) })
+        await stream.close()
+        return
+      }
+      for (;;) {
+        let req: SyncRequest
+        try {
+          const frame = await lp.read({ signal: AbortSignal.timeout(SYNC_IDLE_MS) })
+          req = SyncRequest.decode(frame)
+        } catch (err) {
+          if (isEnd(err)) { await stream.close().catch(() => {}); return }
+          await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_INVALID, { message: 'malformed sync request' }))).catch(() => {})
+          stream.abort(err instanceof Error ? err : new Error(String(err)))
+          return
+        }
+        const signal = AbortSignal.timeout(SYNC_IDLE_MS)
+        if (req.type === SyncRequestType.GET_MANIFEST) {
+          const m = server.manifest(req.digest)
+          await lp.write(SyncResponse.encode(m == null ? res(SyncStatus.SYNC_NOT_FOUND) : res(SyncStatus.SYNC_OK, { manifest: u8(m) })), { signal })
+        } else if (req.type === SyncRequestType.GET_HAVE) {
+          const b = server.bitmap(req.digest)
+          await lp.write(SyncResponse.encode(b == null ? res(SyncStatus.SYNC_NOT_FOUND) : res(SyncStatus.SYNC_OK, { bitmap: u8(b) })), { signal })
+        } else if (req.type === SyncRequestType.GET_CHUNK) {
+          const data = await server.chunk(req.digest, req.index)
+          if (data == null) {
+            await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_FOUND)), { signal })
+          } else {
+            await lp.writeV([SyncResponse.encode(res(SyncStatus.SYNC_OK, { length: data.length })), data], { signal })
+            server.served(peer, data.length)
+          }
+        } else {
+          await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_INVALID, { message: 'unknown request type' })), { signal })
+        }
+      }
+    } catch (err) {
+      log.debug({ peer, err: errorMessage(err) }, 'sync stream ended with an error')
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+}
+
+function isEnd (err: unknown): boolean {
+  const name = (err as Error)?.name
+  return name === 'UnexpectedEOFError' || name === 'StreamClosedError' || name === 'StreamResetError'
+}
+
+export class SyncRefusedError extends Error {
+  static override name = 'SyncRefusedError'
+  readonly status: SyncStatus
+  constructor (status: SyncStatus, message: string) {
+    super(message)
+    this.name = 'SyncRefusedError'
+    this.status = status
+  }
+}
+
+/**
+ * One fetcher's stream to one peer: requests one after another, each bounded by
+ * `timeoutMs` (a peer that stalls is abandoned and the chunk fetched elsewhere).
+ */
+export class SyncSession {
+  readonly peer: string
+  private readonly stream: Stream
+  private readonly lp: LengthPrefixedStream<Stream>
+  private readonly timeoutMs: number
+  private broken = false
+
+  private constructor (peer: string, stream: Stream, timeoutMs: number) {
+    this.peer = peer
+    this.stream = stream
+    this.lp = lpStream(stream, { maxDataLength: MAX_SYNC_FRAME })
+    this.timeoutMs = timeoutMs
+  }
+
+  static async open (node: EdgelinkNode, peer: PeerId, timeoutMs: number): Promise<SyncSession> {
+    const stream = await node.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(timeoutMs) })
+    return new SyncSession(peer.toString(), stream, timeoutMs)
+  }
+
+  get usable (): boolean { return !this.broken && this.stream.status === 'open' }
+
+  async manifest (digest: string): Promise<Uint8Array> {
+    const r = await this.ask({ type: SyncRequestType.GET_MANIFEST, digest, index: 0 })
+    return r.manifest
+  }
+
+  async have (digest: string): Promise<Uint8Array> {
+    const r = await this.ask({ type: SyncRequestType.GET_HAVE, digest, index: 0 })
+    return r.bitmap
+  }
+
+  /** The chunk's bytes as sent (unverified: the caller checks them against the manifest). */
+  async chunk (digest: string, index: number, expectedLength: number): Promise<Uint8Array> {
+    const r = await this.ask({ type: SyncRequestType.GET_CHUNK, digest, index })
+    if (r.length !== expectedLength) {
+      this.fail(new Error(`peer announced a chunk of ${r.length} bytes, expected ${expectedLength}`))
+    }
+    const frame = await this.read()
+    if (frame.byteLength !== expectedLength) this.fail(new Error(`peer sent ${frame.byteLength} bytes, expected ${expectedLength}`))
+    return frame.subarray()
+  }
+
+  close (): void {
+    this.broken = true
+    this.stream.close().catch(() => { this.stream.abort(new Error('closed')) })
+  }
+
+  private async ask (req: SyncRequest): Promise<SyncResponse> {
+    if (!this.usable) throw new Error('sync session is closed')
+    try {
+      await this.lp.write(SyncRequest.encode(req), { signal: AbortSignal.timeout(this.timeoutMs) })
+    } catch (err) {
+      this.fail(err)
+    }
+    const r = SyncResponse.decode(await this.read())
+    if (r.status !== SyncStatus.SYNC_OK) throw new SyncRefusedError(r.status, r.message !== '' ? r.message : r.status)
+    return r
+  }
+
+  private async read (): Promise<import('uint8arraylist').Uint8ArrayList> {
+    try {
+      return await this.lp.read({ signal: AbortSignal.timeout(this.timeoutMs) })
+    } catch (err) {
+      this.fail(err)
+    }
+  }
+
+  private fail (err: unknown): never {
+    this.broken = true
+    this.stream.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err instanceof Error ? err : new Error(String(err))
+  }
+}
