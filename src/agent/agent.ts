@@ -35,6 +35,8 @@ export interface AgentInit {
   logger?: Logger
   /** Content fetch tuning (tests shorten timeouts). */
   contentTuning?: Partial<FetchOptions>
+  /** Free space of the blob store's file system (tests simulate a full disk). */
+  contentFreeSpace?: () => Promise<number>
 }
 
 /** This host as the API reports it. Group fields are null until the host is linked. */
@@ -80,6 +82,7 @@ export class Agent {
   readonly paths: DataDirPaths
   readonly log: Logger
   private readonly contentTuning?: Partial<FetchOptions>
+  private readonly contentFreeSpace?: () => Promise<number>
   private state: AgentState = { status: 'stopped' }
   private readonly lifecycle = new Mutex()
 
@@ -88,6 +91,7 @@ export class Agent {
     this.paths = prepareDataDir(init.dataDir).paths
     this.log = init.logger ?? createLogger({ level: init.config.logLevel, name: init.config.hostname })
     this.contentTuning = init.contentTuning
+    this.contentFreeSpace = init.contentFreeSpace
   }
 
   get status (): AgentState['status'] {
@@ -157,7 +161,7 @@ export class Agent {
       await status.start()
       undo.push(async () => { await status.stop() })
       await settings.start()
-      const content = new ContentService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:content' }), audit, group, status, blobsDir: this.paths.blobs, fetch: this.contentTuning })
+      const content = new ContentService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:content' }), audit, group, status, blobsDir: this.paths.blobs, fetch: this.contentTuning, freeSpace: this.contentFreeSpace })
       await content.start()
       undo.push(async () => { await content.stop() })
 

@@ -41,6 +41,10 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => { done(null, payload) })
 
   app.get('/api/v1/content', async () => agent.content.list())
+  app.get('/api/v1/content/traffic', async () => {
+    const t = agent.content.traffic
+    return { served: Object.fromEntries(t.served), received: Object.fromEntries(t.received), faults: Object.fromEntries(t.faults) }
+  })
   app.post<{ Querystring: { name?: string, kind?: string } }>('/api/v1/content', async (req, reply) => {
     if (req.headers['content-type'] !== 'application/octet-stream') throw new BadRequestError('send the file as application/octet-stream', 'UPLOAD_CONTENT_TYPE')
     const announced = req.headers['content-length'] != null ? Number(req.headers['content-length']) : undefined

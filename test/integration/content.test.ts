@@ -156,3 +156,49 @@ describe('a member that serves wrong bytes', () => {
     expect(existsSync(join(dir, 'blobs', 'partial'))).toBe(true)
   })
 })
+
+describe('faults while fetching', () => {
+  const set = new AgentSet()
+  afterEach(async () => { await set.stopAll() })
+
+  async function group (fetcherInit: Partial<ConstructorParameters<typeof Agent>[0]>): Promise<{ leader: Agent, other: Agent, fetcher: Agent }> {
+    const leader = await set.start({ name: 'lead', config: FAST })
+    const other = await set.start({ name: 'other', config: FAST })
+    const fetcher = new Agent({ dataDir: tempDir('el-f-'), config: testConfig('fetcher', FAST), logger: testLogger('fetcher'), ...fetcherInit })
+    await fetcher.start()
+    set.agents.push(fetcher)
+    for (const f of [other, fetcher]) await f.group.link((await leader.group.createToken()).token)
+    return { leader, other, fetcher }
+  }
+
+  it('a full disk gives a clear "insufficient space" state, nothing is written, and the fetch resumes when space appears', async () => {
+    let free = 1024 * 1024 // 1 MiB free: far too little
+    const { leader, fetcher } = await group({ contentFreeSpace: async () => free })
+    const data = randomBytes(6 * MiB)
+    const item = await leader.content.add(chunks(data), { name: 'big', kind: 'file', size: data.length })
+    await until(() => fetcher.content.list()[0]?.hosts.find(h => h.peerId === fetcher.peerId)?.state === 'error')
+    const mine = fetcher.content.list()[0].hosts.find(h => h.peerId === fetcher.peerId)
+    expect(mine?.error).toMatch(/^insufficient space \(need 6(\.0)? MiB, have 1(\.0)? MiB\)/)
+    // Others see it too, through its status.
+    await until(() => leader.content.list()[0].hosts.find(h => h.peerId === fetcher.peerId)?.state === 'error')
+    expect(readdirSync(join(fetcher.paths.blobs, 'sha256'))).toEqual([])
+    free = 100 * 1024 ** 3
+    await until(() => fetcher.content.blobs.has(item.digest), 30_000)
+    expect(fileDigest(fetcher.content.blobs.path(item.digest))).toBe(item.digest)
+  })
+
+  it('a member that stalls is abandoned after the chunk timeout and the chunks are fetched elsewhere', async () => {
+    const { leader, other, fetcher } = await group({ contentTuning: { chunkTimeoutMs: 800 } })
+    await fetcher.stop()
+    const data = randomBytes(6 * MiB)
+    const item = await leader.content.add(chunks(data), { name: 'img', kind: 'file', size: data.length })
+    await until(() => other.content.blobs.has(item.digest))
+    // `other` now never answers a chunk request.
+    other.content.blobs.readChunk = async () => await new Promise<never>(() => {})
+    await fetcher.start()
+    await until(() => fetcher.content.blobs.has(item.digest), 30_000)
+    expect(fileDigest(fetcher.content.blobs.path(item.digest))).toBe(item.digest)
+    expect(fetcher.content.traffic.received.get(other.peerId) ?? 0).toBe(0)
+    expect(fetcher.content.traffic.received.get(leader.peerId)).toBe(data.length)
+  })
+})
