@@ -220,3 +220,163 @@ describe('local API error format', () => {
     await expectStillAnswering()
   })
 })
+
+/**
+ * The group gossip routes (`GET /api/v1/hosts/:host/status`, `GET /api/v1/settings?host=`,
+ * `POST /api/v1/settings`) fed garbage, on the idle agent above and on the leader of a
+ * group of one (so host lookups and settings changes run for real): a success or a 4xx
+ * API error whose message does not echo unbounded input, never an internal error; the
+ * agents keep answering, and only accepted settings changes are stored.
+ */
+describe('group gossip routes under garbage', () => {
+  let leader: Agent
+  let leaderSocket: string
+
+  beforeAll(async () => {
+    leader = await agents.start({ name: 'lead' })
+    leaderSocket = leader.paths.apiSocket
+    await leader.group.createToken()
+    expect(leader.group.roster?.leader).toBe(leader.peerId)
+  })
+
+  /** A 2xx answer is JSON; anything else is a 4xx API error (with a bounded message unless `bounded` is false). */
+  function expectAnswer (res: RawResponse, bounded = true): 'ok' | 'error' {
+    expect(res.status, res.raw).not.toBe(0)
+    expect(res.status, res.raw).toBeLessThan(500)
+    if (res.status >= 200 && res.status < 300) {
+      expect(() => JSON.parse(res.body.toString('utf8')), res.raw).not.toThrow()
+      return 'ok'
+    }
+    const error = expectApiError(res)
+    // A host name is quoted cut short (80 characters); the message never echoes a whole long input.
+    if (bounded) expect(error.message.length, res.raw).toBeLessThan(400)
+    return 'error'
+  }
+
+  const text = fc.oneof(
+    fc.constantFrom('', ' ', '.', '..', '/', '%', '%00', '\u0000', 'null', 'undefined', '__proto__', 'constructor', 'toString',
+      'h1', 'lead', 'api', '12D3KooW', '12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', 'Qm' + 'z'.repeat(44)),
+    fc.string({ maxLength: 40 }),
+    fc.string({ unit: 'grapheme', maxLength: 20 }),
+    fc.integer({ min: 100, max: 3000 }).map(n => 'x'.repeat(n))
+  )
+
+  it('GET /api/v1/hosts/<garbage>/status answers a status or 404/400, never 500', async () => {
+    const segment = fc.oneof(
+      text.map(encodeURIComponent),
+      fc.constantFrom('%zz', '%', '%E2%82', '%C0%AF', '..%2F..%2Fetc', '%2e%2e', 'a%20b', ';', '*', '~'),
+      fc.stringMatching(/^[A-Za-z0-9._~!$&'()*+,;=:@-]{0,30}$/)
+    )
+    await fc.assert(fc.asyncProperty(fc.constantFrom(socket, leaderSocket), segment, async (sock, seg) => {
+      const res = await rawRequest(sock, { method: 'GET', path: `/api/v1/hosts/${seg}/status` })
+      // Message length is pinned by the next test.
+      if (expectAnswer(res, false) === 'ok') {
+        // Only this host itself (by hostname or PeerId) has a status without a group of others.
+        const s = JSON.parse(res.body.toString('utf8')) as { peerId: string }
+        expect([agent.peerId, leader.peerId], res.raw).toContain(s.peerId)
+      } else {
+        expect([400, 404], res.raw).toContain(res.status)
+      }
+    }), { numRuns: 300 })
+    for (const [sock, self] of [[socket, agent], [leaderSocket, leader]] as const) {
+      for (const host of [self.peerId, self.config.hostname]) {
+        const res = await rawRequest(sock, { method: 'GET', path: `/api/v1/hosts/${encodeURIComponent(host)}/status` })
+        expect(res.status, res.raw).toBe(200)
+        expect(JSON.parse(res.body.toString('utf8'))).toMatchObject({ peerId: self.peerId, liveness: 'alive' })
+      }
+    }
+    await expectStillAnswering()
+  })
+
+  it('GET /api/v1/hosts/<long name>/status is UNKNOWN_HOST with the name cut short, like a short one (no router detail)', async () => {
+    for (const sock of [socket, leaderSocket]) {
+      for (const n of [60, 101, 150, 1000, 5000]) {
+        const res = await rawRequest(sock, { method: 'GET', path: `/api/v1/hosts/${'n'.repeat(n)}/status` })
+        expect(res.status, res.raw).toBe(404)
+        const error = expectApiError(res)
+        expect(error.code, res.raw).toBe('UNKNOWN_HOST')
+        expect(error.message.length, res.raw).toBeLessThan(300)
+        expect(error.message, res.raw).not.toContain('/api/v1')
+      }
+    }
+  })
+
+  it('GET /api/v1/settings with a garbage query answers a view or a 4xx API error, never 500', async () => {
+    const query = fc.oneof(
+      text.map(t => `host=${encodeURIComponent(t)}`),
+      fc.stringMatching(/^[A-Za-z0-9=&%[\]._-]{0,40}$/),
+      fc.constantFrom('host', 'host=', 'host=%zz', 'host[]=a', 'host[a]=b', 'host=a&host=b', 'host.x=1', '__proto__[host]=x', 'host=%00')
+    )
+    await fc.assert(fc.asyncProperty(fc.constantFrom(socket, leaderSocket), query, async (sock, q) => {
+      const res = await rawRequest(sock, { method: 'GET', path: `/api/v1/settings?${q}` })
+      if (expectAnswer(res) === 'ok') {
+        const v = JSON.parse(res.body.toString('utf8')) as { peerId: string, state: { state: string } }
+        expect([agent.peerId, leader.peerId], res.raw).toContain(v.peerId)
+        expect(['none', 'pending', 'applied', 'failed'], res.raw).toContain(v.state.state)
+      }
+    }), { numRuns: 200 })
+    await expectStillAnswering()
+  })
+
+  it('POST /api/v1/settings with garbage bodies: only well-formed changes for a known host are stored, one version each', async () => {
+    const before = leader.settings.show().version
+    const key = fc.oneof(
+      fc.constantFrom('ntp.server', 'tz', 'a', '_x', 'bad key', '', '1abc', '-x', 'k'.repeat(64), 'k'.repeat(65), 'constructor', 'toString', 'a/b', 'é'),
+      fc.string({ maxLength: 70 })
+    )
+    const value = fc.oneof(
+      { weight: 4, arbitrary: fc.string({ maxLength: 30 }) },
+      { weight: 1, arbitrary: fc.constantFrom('v'.repeat(1024), 'v'.repeat(1025)) },
+      { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 1 }) }
+    )
+    const settings = fc.oneof(
+      { weight: 4, arbitrary: fc.dictionary(key, value, { maxKeys: 4 }) },
+      { weight: 1, arbitrary: fc.integer({ min: 60, max: 80 }).map(n => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, 'v']))) },
+      { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }) }
+    )
+    const host = fc.oneof(
+      { weight: 3, arbitrary: fc.constantFrom(leader.peerId, leader.config.hostname) },
+      { weight: 3, arbitrary: text },
+      { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 1 }) }
+    )
+    const extra = fc.option(fc.dictionary(fc.constantFrom('x', 'force', 'version', 'target'), fc.jsonValue({ maxDepth: 1 }), { minKeys: 1, maxKeys: 2 }), { nil: undefined, freq: 2 })
+    const wellFormed = fc.record({
+      host: fc.constantFrom(leader.peerId, leader.config.hostname),
+      settings: fc.dictionary(fc.stringMatching(/^[a-z_][a-z0-9_.-]{0,10}$/), fc.string({ maxLength: 20 }), { minKeys: 1, maxKeys: 4 })
+    }).map(v => Buffer.from(JSON.stringify(v)))
+    const body = fc.oneof(
+      { weight: 2, arbitrary: wellFormed },
+      { weight: 6, arbitrary: fc.tuple(fc.option(host, { nil: undefined }), fc.option(settings, { nil: undefined }), extra).map(([h, s, x]) => Buffer.from(JSON.stringify({ ...x, host: h, settings: s }))) },
+      { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }).map(v => Buffer.from(JSON.stringify(v) ?? 'null')) },
+      { weight: 1, arbitrary: fc.uint8Array({ maxLength: 100 }) }
+    )
+    let stored = 0
+    await fc.assert(fc.asyncProperty(fc.constantFrom(socket, leaderSocket), body, async (sock, b) => {
+      const res = await rawRequest(sock, { method: 'POST', path: '/api/v1/settings', headers: { 'content-type': 'application/json' }, body: b })
+      if (expectAnswer(res) === 'ok') {
+        // Only the leader changes settings, and only for a member (here: itself).
+        expect(sock, res.raw).toBe(leaderSocket)
+        const v = JSON.parse(res.body.toString('utf8')) as { peerId: string, version: number }
+        expect(v.peerId, res.raw).toBe(leader.peerId)
+        stored++
+        expect(v.version, res.raw).toBe(before + stored)
+      }
+    }), { numRuns: 300 })
+    // Some random changes were well formed, and each one stored exactly one version.
+    expect(stored).toBeGreaterThan(0)
+    expect(leader.settings.show().version).toBe(before + stored)
+    expect(agent.settings.show().version).toBe(0)
+    await expectStillAnswering()
+    const res = await rawRequest(leaderSocket, { method: 'GET', path: '/api/v1/status' })
+    expect(res.status, res.raw).toBe(200)
+    expect(leader.status).toBe('running')
+  })
+
+  it('GET /api/v1/group/gossip answers counters on both agents', async () => {
+    for (const sock of [socket, leaderSocket]) {
+      const res = await rawRequest(sock, { method: 'GET', path: '/api/v1/group/gossip' })
+      expect(res.status, res.raw).toBe(200)
+      expect(JSON.parse(res.body.toString('utf8'))).toHaveProperty('counters')
+    }
+  })
+})
