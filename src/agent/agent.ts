@@ -158,9 +158,10 @@ export class Agent {
       undo.push(async () => { await group.stop() })
       const status = new StatusService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:status' }), audit, group, dataDir: this.paths.root })
       const settings = new SettingsService({ store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:settings' }), audit, group, status }, node.peerId.toString())
+      // Settings first: the first status this host publishes must carry its stored settings state.
+      await settings.start()
       await status.start()
       undo.push(async () => { await status.stop() })
-      await settings.start()
       const content = new ContentService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:content' }), audit, group, status, blobsDir: this.paths.blobs, fetch: this.contentTuning, freeSpace: this.contentFreeSpace })
       await content.start()
       undo.push(async () => { await content.stop() })

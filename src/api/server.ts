@@ -59,9 +59,11 @@ export function buildApp (agent: Agent, log: Logger): FastifyInstance {
     logger: false,
     bodyLimit: MAX_JSON_BODY,
     return503OnClosing: true,
+    // A HOST argument may be long garbage; let it reach the route and get UNKNOWN_HOST, not a router error.
+    routerOptions: { maxParamLength: 16 * 1024 },
     // Errors fastify raises before routing (a bad URL escape, an unknown method) use our format too.
     frameworkErrors: (err, _req, reply) => {
-      void (reply as unknown as FastifyReply).code(400).send(errorBody('BAD_REQUEST', `invalid request: ${err.message}`))
+      void (reply as unknown as FastifyReply).code(400).send(errorBody('BAD_REQUEST', `invalid request: ${err.message.slice(0, 200)}`))
     },
     // Errors below routing (oversized headers, an unknown method, garbage bytes): our format, then close.
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
