@@ -53,7 +53,9 @@ export class PeerTable {
     }
     this.on('connection:open', (evt) => {
       const conn = evt.detail as Connection
-      this.touch(conn.remotePeer, conn.direction === 'inbound' ? 'inbound' : 'outbound', [conn.remoteAddr.toString()])
+      // An inbound connection's remote address has the peer's ephemeral source port: not an address to list.
+      const addrs = conn.direction === 'inbound' ? [] : [conn.remoteAddr.decapsulateCode(421).toString()]
+      this.touch(conn.remotePeer, conn.direction === 'inbound' ? 'inbound' : 'outbound', addrs)
     })
     this.on('connection:close', (evt) => {
       const conn = evt.detail as Connection
