@@ -149,6 +149,10 @@ describe('group gossip: status, liveness, key rotation', () => {
       await outsider.node.services.pubsub.publish(topic, new Uint8Array([1, 2, 3])).catch(() => undefined)
       return leader.hostState.counters.rejected['not-member'] > before
     }, 10_000)
+    // Rejected messages cost the sender: its gossipsub score on the leader drops below zero
+    // (scores are cached for a heartbeat, so poll).
+    const pubsub = leader.node.services.pubsub as unknown as { getScore: (p: string) => number }
+    await until(() => pubsub.getScore(outsider.peerId) < 0, 5000)
     expect(leader.status).toBe('running')
   })
 
