@@ -52,8 +52,14 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
     const kind = typeof req.query.kind === 'string' && req.query.kind !== '' ? req.query.kind : 'file'
     const ctl = new AbortController()
     req.raw.on('close', () => { if (!req.raw.complete) ctl.abort() })
-    const item = await agent.content.add(uploadBody(req.body as IncomingMessage, announced), { name, kind, size: announced, signal: ctl.signal })
-    return await reply.code(201).send(item)
+    try {
+      const item = await agent.content.add(uploadBody(req.body as IncomingMessage, announced), { name, kind, size: announced, signal: ctl.signal })
+      return await reply.code(201).send(item)
+    } catch (err) {
+      // Refused before the body was read: close the connection so the client stops sending.
+      if (!req.raw.complete) void reply.header('connection', 'close')
+      throw err
+    }
   })
   app.delete<{ Params: { digest: string } }>('/api/v1/content/:digest', async (req) => await agent.content.remove(req.params.digest))
   app.get<{ Params: { digest: string } }>('/api/v1/content/:digest/blob', async (req, reply) => {

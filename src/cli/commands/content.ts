@@ -110,6 +110,10 @@ async function upload (socketPath: string, dataDir: string, file: string, size: 
         let body: unknown
         try { body = JSON.parse(Buffer.concat(chunks).toString('utf8')) } catch { body = undefined }
         if ((res.statusCode ?? 500) >= 400) {
+          // The agent refused without reading the rest: stop sending, or the open file keeps us alive.
+          input.unpipe(req)
+          input.destroy()
+          req.destroy()
           reject(new CliError((body as { error?: { message?: string } } | undefined)?.error?.message ?? `upload failed: HTTP ${res.statusCode ?? '?'}`))
           return
         }
