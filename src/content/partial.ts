@@ -1,0 +1,211 @@
+/**
+ * A transfer in progress: chunks are verified against the manifest, written at
+ * their offsets in partial/<hex>, recorded in the bitmap only once durable, and the
+ * finished file is verified as a whole before it becomes complete. See the
+ * crash-safety notes in blobs.ts.
+ */
+import { createHash } from 'node:crypto'
+import type { FileHandle } from 'node:fs/promises'
+import type { Logger } from '../agent/logger.js'
+import { EdgelinkError } from '../errors.js'
+import { Mutex } from '../util/mutex.js'
+import { clearBit, countBits, getBit, setBit } from './bitmap.js'
+import type { Entry } from './blob-index.js'
+import { ChunkMismatchError, DigestMismatchError } from './errors.js'
+import { equalBytes, readFully, sha256, writeFully } from './files.js'
+import { chunkLength, type ManifestView } from './manifest.js'
+
+export interface PartialBlob {
+  readonly digest: string
+  readonly manifest: ManifestView
+  /** Chunk `index` is verified and written (flushed or not). */
+  has: (index: number) => boolean
+  /** Indices of the chunks not held, ascending. */
+  missing: () => number[]
+  readonly have: number
+  /** Verify against the manifest (ChunkMismatchError, nothing written) and write at its offset. */
+  writeChunk: (index: number, data: Uint8Array) => Promise<void>
+  /** Make written chunks durable (fdatasync), then record them in the bitmap. A crash loses at most unflushed chunks. */
+  flush: () => Promise<void>
+  /** All chunks held: verify the whole digest, fsync, rename into sha256/, index as complete. DigestMismatchError leaves the partial with the bad chunks unmarked. */
+  complete: () => Promise<void>
+  /** Release the file. Does not flush: chunks written since the last `flush()` will be fetched again. */
+  close: () => Promise<void>
+}
+
+/** What an OpenPartial may do to the store. */
+export interface PartialHost {
+  log: Logger
+  has: (digest: string) => boolean
+  persistBitmap: (entry: Entry) => Promise<void>
+  promote: (entry: Entry) => Promise<void>
+  release: (entry: Entry, partial: OpenPartial) => void
+}
+
+/** One open transfer; `entry.bitmap` is its durable bitmap, `held` adds chunks written since the last flush. */
+export class OpenPartial implements PartialBlob {
+  readonly digest: string
+  readonly manifest: ManifestView
+  /** openPartial calls not yet matched by close(). */
+  refs = 1
+  private readonly host: PartialHost
+  private readonly entry: Entry
+  private fh: FileHandle | undefined
+  private readonly held: Uint8Array
+  private count: number
+  private readonly pending = new Set<number>()
+  private readonly inflight = new Set<Promise<void>>()
+  private readonly flushLock = new Mutex()
+  private closed = false
+
+  /** `fh` undefined: the blob is already complete. */
+  constructor (host: PartialHost, entry: Entry, fh: FileHandle | undefined) {
+    this.host = host
+    this.entry = entry
+    this.digest = entry.digest
+    this.manifest = entry.manifest
+    this.fh = fh
+    this.held = entry.bitmap.slice()
+    this.count = countBits(this.held)
+  }
+
+  private get done (): boolean {
+    return this.host.has(this.digest)
+  }
+
+  get have (): number {
+    return this.done ? this.manifest.chunks.length : this.count
+  }
+
+  has (index: number): boolean {
+    if (!Number.isInteger(index) || index < 0 || index >= this.manifest.chunks.length) return false
+    return this.done || getBit(this.held, index)
+  }
+
+  missing (): number[] {
+    if (this.done) return []
+    const out: number[] = []
+    for (let i = 0; i < this.manifest.chunks.length; i++) if (!getBit(this.held, i)) out.push(i)
+    return out
+  }
+
+  heldBitmap (): Uint8Array {
+    return this.held
+  }
+
+  async writeChunk (index: number, data: Uint8Array): Promise<void> {
+    const length = chunkLength(this.manifest, index)
+    if (data.length !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${data.length} bytes; the manifest says ${length}`)
+    if (!equalBytes(sha256(data), this.manifest.chunks[index])) {
+      throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
+    }
+    if (this.done || getBit(this.held, index)) return
+    const fh = this.openHandle()
+    const write = writeFully(fh, data, index * this.manifest.chunkSize)
+    this.inflight.add(write)
+    try {
+      await write
+    } finally {
+      this.inflight.delete(write)
+    }
+    if (!getBit(this.held, index)) {
+      setBit(this.held, index)
+      this.count++
+      this.pending.add(index)
+    }
+  }
+
+  async flush (): Promise<void> {
+    await this.flushLock.run(async () => {
+      if (this.done || this.closed || this.pending.size === 0) return
+      const batch = [...this.pending]
+      await this.openHandle().datasync()
+      // Only now, with the bytes on disk, may the bitmap say so.
+      for (const i of batch) {
+        this.pending.delete(i)
+        setBit(this.entry.bitmap, i)
+      }
+      await this.host.persistBitmap(this.entry)
+    })
+  }
+
+  async complete (): Promise<void> {
+    if (this.done) return await this.releaseHandle()
+    const missing = this.manifest.chunks.length - this.count
+    if (missing > 0) throw new EdgelinkError(`cannot complete ${this.digest}: ${missing} of ${this.manifest.chunks.length} chunks are still missing`, 'BLOB_INCOMPLETE', 409)
+    await Promise.allSettled(this.inflight)
+    await this.flush()
+    await this.flushLock.run(async () => {
+      if (this.done) return
+      try {
+        await this.verifyAndPromote()
+      } catch (err) {
+        if (this.done) return // an upload of the same content won the race
+        if (this.closed && !(err instanceof EdgelinkError)) throw closedError(this.digest) // removed meanwhile
+        throw err
+      }
+    })
+    await this.releaseHandle()
+  }
+
+  private async verifyAndPromote (): Promise<void> {
+    const fh = this.openHandle()
+    const bad = await verifyFile(fh, this.manifest)
+    if (bad.length > 0) {
+      for (const i of bad) {
+        clearBit(this.entry.bitmap, i)
+        if (getBit(this.held, i)) { clearBit(this.held, i); this.count-- }
+      }
+      await this.host.persistBitmap(this.entry)
+      this.host.log.warn({ digest: this.digest, chunks: bad.length }, 'whole-file digest mismatch; chunks unmarked for fetching again')
+      throw new DigestMismatchError(`${this.digest} does not match its digest after all chunks were written (${bad.length} of ${this.manifest.chunks.length} chunks unmarked); the transfer will fetch them again`)
+    }
+    await fh.sync()
+    await this.host.promote(this.entry)
+  }
+
+  async close (): Promise<void> {
+    if (--this.refs > 0 || this.closed) return
+    await this.abandon()
+  }
+
+  /** Close for every holder (remove(), or an upload of the same content). Unflushed chunks are not recorded. */
+  async abandon (): Promise<void> {
+    this.closed = true
+    this.refs = 0
+    await Promise.allSettled(this.inflight)
+    await this.releaseHandle()
+    this.host.release(this.entry, this)
+  }
+
+  private openHandle (): FileHandle {
+    if (this.closed || this.fh == null) throw closedError(this.digest)
+    return this.fh
+  }
+
+  private async releaseHandle (): Promise<void> {
+    const fh = this.fh
+    this.fh = undefined
+    await fh?.close()
+  }
+}
+
+/** Read a whole partial file chunk by chunk; returns the chunks that do not match, or all of them if only the whole digest fails. */
+async function verifyFile (fh: FileHandle, m: ManifestView): Promise<number[]> {
+  const whole = createHash('sha256')
+  const buf = Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
+  const bad: number[] = []
+  for (let i = 0; i < m.chunks.length; i++) {
+    const length = chunkLength(m, i)
+    const data = buf.subarray(0, length)
+    const read = await readFully(fh, data, i * m.chunkSize)
+    if (read !== length || !equalBytes(sha256(data), m.chunks[i])) bad.push(i)
+    whole.update(data.subarray(0, read))
+  }
+  if (bad.length === 0 && `sha256:${whole.digest('hex')}` !== m.digest) return m.chunks.map((_, i) => i)
+  return bad
+}
+
+function closedError (digest: string): EdgelinkError {
+  return new EdgelinkError(`the transfer of ${digest} is closed (or was removed); open it again with openPartial`, 'BLOB_CLOSED', 409)
+}

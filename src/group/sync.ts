@@ -1,0 +1,191 @@
+/**
+ * Keeping a member in touch with its group: when other members were last seen and
+ * which addresses they listen on, redialling members that are not connected, and
+ * pulling newer rosters (on connect, and as anti-entropy on a timer), and answering
+ * other members' pushes and pulls. See protocols/roster.md.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { PeerId } from '@libp2p/interface'
+import type { Logger } from '../agent/logger.js'
+import type { AgentConfig } from '../agent/config.js'
+import type { EdgelinkNode } from '../net/node.js'
+import { errorMessage } from '../errors.js'
+import { u8 } from '../util/bytes.js'
+import { GroupKey, type RosterRequest, type RosterResponse } from '../wire/roster.js'
+import { isMember, verifyRoster, type Roster, type SignedRosterRecord } from './roster.js'
+import { response, rosterCall, RosterRequestType, RosterStatus } from './roster-protocol.js'
+import type { GroupKeyMaterial, Membership } from './state.js'
+import { decodeKey } from './key.js'
+import type { AdoptOutcome } from './service.js'
+
+/** What membership sync uses of the group service. */
+export interface SyncComponents {
+  node: EdgelinkNode
+  config: AgentConfig
+  log: Logger
+  /** This host's PeerId. */
+  self: string
+  membership: () => Membership | undefined
+  /** `peer` is another member of this host's group. */
+  isMemberPeer: (peer: string) => boolean
+  /** Adopt a verified roster received from another member if it is newer. */
+  adopt: (record: SignedRosterRecord, key: GroupKeyMaterial | undefined) => Promise<AdoptOutcome>
+}
+
+type Listener = [string, (evt: CustomEvent) => void]
+
+export class MembershipSync {
+  private readonly c: SyncComponents
+  private readonly lastSeen = new Map<string, number>()
+  private readonly learnedAddrs = new Map<string, string[]>()
+  private readonly pulling = new Set<string>()
+  private listeners: Listener[] = []
+  private timers: NodeJS.Timeout[] = []
+
+  constructor (c: SyncComponents) {
+    this.c = c
+  }
+
+  /** Watch connections and discovery, and start the reconnect and anti-entropy timers. */
+  start (): void {
+    this.on('connection:open', (evt) => {
+      const peer = (evt.detail as { remotePeer: PeerId }).remotePeer.toString()
+      this.lastSeen.set(peer, Date.now())
+      if (this.c.isMemberPeer(peer)) this.pullSoon(peer)
+    })
+    this.on('connection:close', (evt) => {
+      this.lastSeen.set((evt.detail as { remotePeer: PeerId }).remotePeer.toString(), Date.now())
+    })
+    this.on('peer:discovery', (evt) => {
+      const peer = (evt.detail as { id: PeerId }).id
+      if (this.c.isMemberPeer(peer.toString()) && this.c.node.getConnections(peer).length === 0) this.dialMember(peer.toString())
+    })
+    this.on('peer:identify', (evt) => {
+      const d = evt.detail as { peerId: PeerId, listenAddrs: Multiaddr[] }
+      const peer = d.peerId.toString()
+      if (this.c.isMemberPeer(peer)) this.learnedAddrs.set(peer, d.listenAddrs.slice(0, 16).map(a => a.decapsulateCode(421).toString()))
+    })
+    const g = this.c.config.group
+    this.timers.push(setInterval(() => { this.reconnect() }, g.reconnectInterval))
+    this.timers.push(setInterval(() => { this.antiEntropy() }, g.antiEntropyInterval))
+  }
+
+  stop (): void {
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    for (const [name, fn] of this.listeners) this.c.node.removeEventListener(name as never, fn as never)
+    this.listeners = []
+  }
+
+  /** With a stored roster at start-up: record the members' addresses, then dial them. */
+  async resume (r: Roster): Promise<void> {
+    await this.rememberAddresses(r)
+    this.reconnect()
+  }
+
+  /** When a connection to `peer` last opened or closed (ms since the epoch). */
+  seenAt (peer: string): number | undefined {
+    return this.lastSeen.get(peer)
+  }
+
+  /** The listen addresses `peer` last announced through identify. */
+  learnedAddresses (peer: string): string[] | undefined {
+    return this.learnedAddrs.get(peer)
+  }
+
+  /** Answer a PUSH: adopt the pushed roster (and key) if it is newer than ours. */
+  async onPush (req: RosterRequest): Promise<RosterResponse> {
+    const record = await verifyRoster(req.roster)
+    const key = req.groupKey.length > 0 ? decodeKey(req.groupKey) : undefined
+    const outcome = await this.c.adopt(record, key)
+    if (outcome === 'adopted' || outcome === 'same') return response(RosterStatus.ROSTER_OK)
+    return response(outcome === 'older' ? RosterStatus.STALE : RosterStatus.INVALID, `roster not adopted: ${outcome}`)
+  }
+
+  /** Answer a PULL: our roster if it is newer than the asker's, with the key if the asker is a member. */
+  onPull (peer: string, req: RosterRequest): RosterResponse {
+    const m = this.c.membership()
+    if (m == null) return response(RosterStatus.NOT_MEMBER, 'this host is not in that group')
+    const r = m.record
+    const known = [Number(req.knownTerm), Number(req.knownVersion)]
+    if (r.roster.term < known[0] || (r.roster.term === known[0] && r.roster.version <= known[1])) return response(RosterStatus.NOT_NEWER)
+    const key = isMember(r.roster, peer) ? GroupKey.encode({ id: m.key.id, key: u8(m.key.key) }) : undefined
+    return response(RosterStatus.ROSTER_OK, '', r.bytes, key)
+  }
+
+  /** Pull the newest roster from a member and adopt it if newer. */
+  async pullFrom (peer: string): Promise<void> {
+    const r = this.roster
+    if (r == null || peer === this.c.self) return
+    const res = await rosterCall(this.c.node, peerIdFromString(peer), {
+      type: RosterRequestType.PULL,
+      groupId: u8(Buffer.from(r.groupId, 'hex')),
+      knownTerm: BigInt(r.term),
+      knownVersion: BigInt(r.version)
+    }, this.c.config.group.rpcTimeout)
+    if (res.status !== RosterStatus.ROSTER_OK || res.roster.length === 0) return
+    const record = await verifyRoster(res.roster)
+    const key = res.groupKey.length > 0 ? decodeKey(res.groupKey) : undefined
+    const outcome = await this.c.adopt(record, key)
+    if (outcome === 'adopted') this.c.log.info({ from: peer, version: record.roster.version, term: record.roster.term }, 'pulled newer roster')
+  }
+
+  /** Peer-store updates are not needed to answer the leader, so they stay off the join's critical path. */
+  rememberAddressesLater (r: Roster): void {
+    this.rememberAddresses(r).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
+  }
+
+  private get roster (): Roster | undefined {
+    return this.c.membership()?.record.roster
+  }
+
+  private pullSoon (peer: string): void {
+    if (this.pulling.has(peer)) return
+    this.pulling.add(peer)
+    this.pullFrom(peer).catch(err => {
+      this.c.log.debug({ peer, err: errorMessage(err) }, 'roster pull failed')
+    }).finally(() => { this.pulling.delete(peer) })
+  }
+
+  private antiEntropy (): void {
+    const r = this.roster
+    if (r == null) return
+    const connected = r.members.filter(m => m.peerId !== this.c.self && this.c.node.getConnections(peerIdFromString(m.peerId)).length > 0)
+    const leader = connected.find(m => m.peerId === r.leader)
+    const pick = leader ?? connected[Math.floor(Math.random() * connected.length)]
+    if (pick != null) this.pullSoon(pick.peerId)
+  }
+
+  private reconnect (): void {
+    const r = this.roster
+    if (r == null) return
+    for (const m of r.members) {
+      if (m.peerId !== this.c.self && this.c.node.getConnections(peerIdFromString(m.peerId)).length === 0) this.dialMember(m.peerId)
+    }
+  }
+
+  private dialMember (peer: string): void {
+    this.c.node.dial(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.config.group.dialTimeout) }).catch(err => {
+      this.c.log.debug({ peer, err: errorMessage(err) }, 'member not reachable yet')
+    })
+  }
+
+  /** Put members' known addresses in the peer store so dialling by PeerId finds them. */
+  private async rememberAddresses (r: Roster): Promise<void> {
+    for (const m of r.members) {
+      if (m.peerId === this.c.self) continue
+      const addrs = [...m.addresses, ...(this.learnedAddrs.get(m.peerId) ?? [])]
+      try {
+        await this.c.node.peerStore.merge(peerIdFromString(m.peerId), { multiaddrs: addrs.map(a => multiaddr(a)) })
+      } catch (err) {
+        this.c.log.debug({ peer: m.peerId, err: errorMessage(err) }, 'cannot record member addresses')
+      }
+    }
+  }
+
+  private on (name: string, fn: (evt: CustomEvent) => void): void {
+    this.c.node.addEventListener(name as never, fn as never)
+    this.listeners.push([name, fn])
+  }
+}
