@@ -131,9 +131,13 @@ export class MembershipSync {
     if (outcome === 'adopted') this.c.log.info({ from: peer, version: record.roster.version, term: record.roster.term }, 'pulled newer roster')
   }
 
-  /** Peer-store updates are not needed to answer the leader, so they stay off the join's critical path. */
+  /**
+   * After a roster change: record the members' addresses and dial the ones we are not
+   * connected to, so a new member is in everyone's gossip mesh at once rather than at
+   * the next reconnect tick. Off the join's critical path: the leader is not kept waiting.
+   */
   rememberAddressesLater (r: Roster): void {
-    this.rememberAddresses(r).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
+    this.rememberAddresses(r).then(() => { this.reconnect() }, err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
   }
 
   private get roster (): Roster | undefined {

@@ -9,7 +9,7 @@ import { Agent } from '../../src/agent/agent.js'
 import { SyncRefusedError, SyncSession } from '../../src/content/sync-protocol.js'
 
 const FAST = {
-  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 1500, rpcTimeout: 1500, joinTimeout: 5000 },
+  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
   status: { interval: 1000, probeInterval: 200, suspectAfter: 800, downAfter: 1600, antiEntropyInterval: 500 }
 }
 const MiB = 1024 * 1024

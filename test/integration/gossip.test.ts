@@ -15,7 +15,7 @@ import type { LivenessState } from '../../src/status/liveness.js'
 
 /** Shortened timers (serf's testConfig idea): liveness in hundreds of ms, not seconds. */
 const FAST = {
-  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 1500, rpcTimeout: 1500, joinTimeout: 5000 },
+  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
   status: { interval: 1000, probeInterval: 150, suspectAfter: 500, downAfter: 1000, antiEntropyInterval: 500 }
 }
 

@@ -24,7 +24,7 @@ import { MAX_SYNC_FRAME, MAX_SYNC_REQUEST, SYNC_PROTOCOL, SyncRequestType, SyncS
 import { SyncRequest, SyncResponse } from '../../src/wire/sync.js'
 
 const FAST = {
-  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 1500, rpcTimeout: 1500, joinTimeout: 5000 },
+  group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
   status: { interval: 1000, probeInterval: 200, suspectAfter: 800, downAfter: 1600, antiEntropyInterval: 500 }
 }
 const MiB = 1024 * 1024

@@ -8,7 +8,7 @@ import type { Agent } from '../../src/agent/agent.js'
 import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
 
 /** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
-const FAST = { group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 2000, rpcTimeout: 2000, joinTimeout: 5000 } }
+const FAST = { group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 4000, rpcTimeout: 4000, joinTimeout: 5000 } }
 
 async function until (fn: () => boolean | Promise<boolean>, timeout = 10_000): Promise<void> {
   await pWaitFor(fn, { timeout, interval: 25 })
