@@ -35,7 +35,7 @@ export interface GossipLimits {
 }
 
 export type RejectReason = 'unsigned' | 'oversized' | 'not-member' | 'rate' | 'malformed' | 'version' | 'forged'
-export type IgnoreReason = 'unknown-key' | 'old-key' | 'idle'
+export type IgnoreReason = 'unknown-key' | 'old-key' | 'idle' | 'unknown-member'
 
 export interface GossipCounters {
   accepted: number
@@ -52,6 +52,7 @@ export class GroupGossip {
   private readonly limits: GossipLimits
   private readonly onMessage: (from: string, msg: GroupMessage) => void
   private readonly onKeyBehind: (from: string) => void
+  private readonly onRosterBehind: (from: string) => void
   private group?: GossipGroup
   private topic?: string
   private readonly buckets = new Map<string, Bucket>()
@@ -62,15 +63,16 @@ export class GroupGossip {
     accepted: 0,
     published: 0,
     rejected: { unsigned: 0, oversized: 0, 'not-member': 0, rate: 0, malformed: 0, version: 0, forged: 0 },
-    ignored: { 'unknown-key': 0, 'old-key': 0, idle: 0 }
+    ignored: { 'unknown-key': 0, 'old-key': 0, idle: 0, 'unknown-member': 0 }
   }
 
-  constructor (node: EdgelinkNode, log: Logger, limits: GossipLimits, onMessage: (from: string, msg: GroupMessage) => void, onKeyBehind: (from: string) => void) {
+  constructor (node: EdgelinkNode, log: Logger, limits: GossipLimits, onMessage: (from: string, msg: GroupMessage) => void, onKeyBehind: (from: string) => void, onRosterBehind: (from: string) => void) {
     this.node = node
     this.log = log
     this.limits = limits
     this.onMessage = onMessage
     this.onKeyBehind = onKeyBehind
+    this.onRosterBehind = onRosterBehind
   }
 
   start (): void {
@@ -132,9 +134,18 @@ export class GroupGossip {
     if (msg.type !== 'signed') return this.reject('unsigned', 'unknown')
     const from = msg.from.toString()
     if (msg.data.length > this.limits.maxMessageBytes) return this.reject('oversized', from)
-    if (!g.isMember(from)) return this.reject('not-member', from)
-    if (!this.takeToken(from)) return this.reject('rate', from)
     const opened = openMessage(msg.data, g.key, Buffer.from(g.groupId, 'hex'), msg.from.toMultihash().bytes)
+    if (!g.isMember(from)) {
+      // Only members are given the group key. A sender that seals with the current key
+      // but is not in our roster joined a moment ago and our roster is behind: ignore the
+      // message (no penalty) and fetch the newer roster. Anyone else is not a member.
+      if (opened.ok) {
+        this.onRosterBehind(from)
+        return this.ignore('unknown-member')
+      }
+      return this.reject('not-member', from)
+    }
+    if (!this.takeToken(from)) return this.reject('rate', from)
     if (!opened.ok) {
       if (opened.reason === 'unknown-key') {
         // A member sealed with a newer key than ours: we missed a rotation. Ask for it.

@@ -89,7 +89,8 @@ export class StatusService {
     this.liveness = new LivenessTable({ suspectAfterMs: s.suspectAfter, downAfterMs: s.downAfter })
     this.gossip = new GroupGossip(c.node, c.log, { maxMessageBytes: s.maxMessageBytes, ratePerSecond: s.ratePerSecond, rateBurst: s.rateBurst },
       (from, msg) => { void this.onGossip(from, msg) },
-      (from) => { this.pullSoon(from) })
+      (from) => { this.pullRosterSoon(from) },
+      (from) => { this.pullRosterSoon(from) })
   }
 
   /** The settings service plugs in here (it needs this service to publish). */
@@ -359,6 +360,15 @@ export class StatusService {
     this.pullFrom(peer).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'status pull failed')
     }).finally(() => { this.pulling.delete(peer) })
+  }
+
+  /** Our roster or key is behind `peer`'s: pull the roster (which carries the key), then statuses. */
+  private pullRosterSoon (peer: string): void {
+    if (this.pulling.has(`roster:${peer}`)) return
+    this.pulling.add(`roster:${peer}`)
+    this.c.group.pullFrom(peer).then(() => { this.pullSoon(peer) }, err => {
+      this.c.log.debug({ peer, err: errorMessage(err) }, 'roster pull failed')
+    }).finally(() => { this.pulling.delete(`roster:${peer}`) })
   }
 
   private antiEntropy (): void {
