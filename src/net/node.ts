@@ -59,7 +59,8 @@ export async function createNode (config: AgentConfig, privateKey: PrivateKey): 
     services: {
       ...(mdnsService as Record<string, never>),
       identify: identify(),
-      ping: ping(),
+      // Liveness probes and quorum checks ping the same members at once; one stream each (the default) refuses the second.
+      ping: ping({ maxOutboundStreams: 4, maxInboundStreams: 8 }),
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
         floodPublish: true,

@@ -78,6 +78,7 @@ export class StatusService {
   private lastFingerprint = ''
   private lastSeq = 0n
   private readonly pulling = new Set<string>()
+  private readonly probing = new Set<string>()
   private onConnect?: (evt: CustomEvent<{ remotePeer: PeerId }>) => void
   private running = false
 
@@ -406,8 +407,12 @@ export class StatusService {
   /** Ping every member; a round trip is as good as a message. */
   private probe (): void {
     for (const peer of this.members()) {
+      // One probe per member at a time: a slow answer is not a reason to pile up streams.
+      if (this.probing.has(peer)) continue
+      this.probing.add(peer)
       this.c.node.services.ping.ping(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.config.status.probeInterval) })
-        .then(() => { this.heard(peer) }, () => {})
+        .then(() => { this.heard(peer) }, () => { /* silence is what liveness measures */ })
+        .finally(() => { this.probing.delete(peer) })
     }
   }
 
