@@ -29,6 +29,9 @@
  *    Baseline: the same agents over the same time before they were linked (mDNS and libp2p
  *    connections only), so the ratio is what the group adds. Where nft is installed, counters
  *    in each namespace split the bytes into mDNS (UDP 5353) and libp2p (TCP), shown in the note.
+ *    Over the same windows: each agent's CPU time (utime + stime from /proc), as % of one CPU:
+ *    what an idle group costs its hosts, and how much of this machine the lab itself takes
+ *    before anything is measured (read the latency figures with it).
  *
  * No delay can be added here (this kernel has no sch_netem): the latency figures are at
  * the lab's natural latency (veth + bridge, sub-millisecond).
@@ -264,9 +267,20 @@ async function tcpEchoRtt (lab, samples) {
   }
 }
 
-/** Idle traffic per host (rx + tx bytes per second on lan0) over `seconds`. */
+/** CPU time (user + system, in ms) each agent has used so far, from /proc. */
+function cpuMs (lab) {
+  const tick = 1000 / 100 // USER_HZ is 100 on Linux
+  return new Map(lab.hosts.map(h => {
+    const stat = readFileSync(`/proc/${lab.pid(h)}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return [h, (Number(f[11]) + Number(f[12])) * tick]
+  }))
+}
+
+/** Idle traffic per host (rx + tx bytes per second on lan0) and agent CPU over `seconds`. */
 async function idleTraffic (lab, seconds) {
   const gossip0 = await gossipCounters(lab)
+  const cpu0 = cpuMs(lab)
   const a0 = await lab.acct()
   const b0 = await lab.bytes()
   const t0 = Date.now()
@@ -274,6 +288,8 @@ async function idleTraffic (lab, seconds) {
   const b1 = await lab.bytes()
   const secs = (Date.now() - t0) / 1000
   const a1 = await lab.acct()
+  const cpu1 = cpuMs(lab)
+  const cpu = lab.hosts.map(h => (cpu1.get(h) - cpu0.get(h)) / secs / 10) // % of one CPU
   const gossip1 = await gossipCounters(lab)
   const per = lab.hosts.map(h => ({ host: h, rx: (b1.get(h).rx - b0.get(h).rx) / secs, tx: (b1.get(h).tx - b0.get(h).tx) / secs }))
   const published = gossip0 == null || gossip1 == null ? null : lab.hosts.map(h => (gossip1.get(h).published - gossip0.get(h).published) / secs)
@@ -285,7 +301,7 @@ async function idleTraffic (lab, seconds) {
     const tcp = sum('tcp_in') + sum('tcp_out')
     split = { mdns: mdns / lab.hosts.length / secs, tcp: tcp / lab.hosts.length / secs }
   }
-  return { per, total: per.map(p => p.rx + p.tx), published, secs, split }
+  return { per, total: per.map(p => p.rx + p.tx), published, secs, split, cpu }
 }
 
 async function gossipCounters (lab) {
@@ -410,6 +426,7 @@ export async function run (ctx) {
       const base = `same ${n} agents before linking (mDNS + libp2p), ${idleSecs} s`
       const busiest = Math.max(...idleLinked.total)
       rows.push({ figure: `idle traffic per host, group of ${n} (median host, rx+tx on lan0)`, value: median(idleLinked.total), unit: 'B/s', baseline: base, baselineValue: median(idleBefore.total), budget: null, n, note: `${idleSecs} s idle; ${idleNote(idleLinked)}; probe every ${statusConfig.probeInterval} ms${quickNote}` })
+      rows.push({ figure: `idle agent CPU, group of ${n} (median agent, % of one CPU)`, value: median(idleLinked.cpu), unit: '%', baseline: `same ${n} agents before linking`, baselineValue: median(idleBefore.cpu), budget: null, n, note: `busiest agent ${Math.max(...idleLinked.cpu).toFixed(1)} %, all ${n} together ${idleLinked.cpu.reduce((a, b) => a + b, 0).toFixed(0)} % of one CPU (${cpus().length} CPUs here); utime+stime from /proc${quickNote}` })
       rows.push({ figure: `idle traffic per host, group of ${n} (busiest host)`, value: busiest, unit: 'B/s', baseline: `${base}, busiest host`, baselineValue: Math.max(...idleBefore.total), budget: null, n, note: `busiest: ${idleLinked.per[idleLinked.total.indexOf(busiest)].host} (h1 is the leader); before linking: ${idleNote(idleBefore)}${quickNote}` })
     }
 
