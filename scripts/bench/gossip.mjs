@@ -409,8 +409,10 @@ export async function run (ctx) {
           await lab.post(h, '/api/v1/link', { token })
           break
         } catch (err) {
+          // A join that timed out waiting for its quorum may still have been committed (as in Raft).
+          if (attempt > 1 && /ALREADY_LINKED/.test(err.message)) { ctx.log(`  ${h} is linked after all (the earlier attempt was committed late)`); break }
           if (attempt >= 3 || !/NO_QUORUM/.test(err.message)) throw err
-          ctx.log(`  linking ${h} failed (${err.message.slice(0, 160)}); trying again`)
+          ctx.log(`  linking ${h} failed (${err.message.slice(0, 200)}); trying again`)
           await sleep(2000)
         }
       }
