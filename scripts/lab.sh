@@ -72,6 +72,16 @@ Commands:
   netem HOST ARGS...   tc qdisc replace dev lan0 root netem ARGS in HOST's namespace
                        (traffic HOST sends), e.g. `netem h1 delay 20ms loss 5%`
   netem HOST clear     remove HOST's netem qdisc
+  rate HOST RATE [in|out|both]
+                       cap HOST's link at RATE (tc units: 200mbit, 1gbit, 500kbit)
+                       with a token bucket (tbf): `out` caps what HOST sends (root
+                       qdisc of its lan0), `in` what it receives (root qdisc of its
+                       switch port port-HOST, the bridge's egress towards HOST), `both`
+                       (default) caps each direction at RATE, like a full-duplex
+                       link of that speed. Burst 10 ms of RATE (at least 64 KiB),
+                       queue up to 50 ms. Works where netem is missing; shares
+                       lan0's root qdisc with `netem` (the last one set wins).
+                       `rate HOST clear` removes both caps
   loss HOST PERCENT [in|out|both]
                        drop PERCENT % (1..100) of the IP packets HOST receives
                        (in), sends (out) or both (default) on lan0, at random, with
@@ -85,7 +95,7 @@ Commands:
   bytes HOST           print `RX_BYTES TX_BYTES` of HOST's lan0 (kernel counters)
   list                 show labs, hosts, addresses, links and agents
   check                report whether a lab can be built here (root, ip, netns, veth,
-                       bridge) and whether tc netem and nft (for `loss`) are
+                       bridge) and whether tc netem, tbf (for `rate`) and nft (for `loss`) are
                        available; exit 1 if no lab
   help                 this text
 
@@ -571,6 +581,57 @@ cmd_heal() {
   ip -n "$(sw_ns)" link set "port-$1" up
 }
 
+# tc rate (e.g. 200mbit, 1.5gbit, 500kbit, 10mbps) -> bits per second; fails on anything else.
+rate_bps() {
+  local r=${1,,} n u
+  [[ $r =~ ^([0-9]+(\.[0-9]+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$ ]] || return 1
+  n=${BASH_REMATCH[1]} u=${BASH_REMATCH[3]}
+  local mult
+  case $u in
+    bit) mult=1 ;; kbit) mult=1000 ;; mbit) mult=1000000 ;; gbit) mult=1000000000 ;;
+    bps) mult=8 ;; kbps) mult=8000 ;; mbps) mult=8000000 ;; gbps) mult=8000000000 ;;
+  esac
+  awk -v n="$n" -v m="$mult" 'BEGIN { v = n * m; if (v < 8000) exit 1; printf "%.0f\n", v }'
+}
+
+cmd_rate() {
+  (( $# >= 2 && $# <= 3 )) || usage_die "usage: lab.sh rate HOST RATE [in|out|both] | rate HOST clear"
+  local host=$1 rate=$2 dir=${3:-both}
+  need_root
+  resolve_lab
+  require_up
+  local ns sw
+  ns=$(host_ns "$host")
+  sw=$(sw_ns)
+  if [[ $rate == clear ]]; then
+    (( $# == 2 )) || usage_die "usage: lab.sh rate HOST clear"
+    if ip netns exec "$ns" tc qdisc show dev "$IFACE" root | grep -q '^qdisc tbf'; then
+      ip netns exec "$ns" tc qdisc del dev "$IFACE" root
+    fi
+    if ip netns exec "$sw" tc qdisc show dev "port-$host" root | grep -q '^qdisc tbf'; then
+      ip netns exec "$sw" tc qdisc del dev "port-$host" root
+    fi
+    note "$host: no rate cap"
+    return 0
+  fi
+  [[ $dir =~ ^(in|out|both)$ ]] || usage_die "direction must be in, out or both"
+  local bps burst out
+  bps=$(rate_bps "$rate") || usage_die "RATE must be a tc rate of at least 8kbit, e.g. 200mbit, 1gbit or 500kbit (got '$rate')"
+  # 10 ms worth of bytes, at least 64 KiB (a GSO segment on a veth is up to 64 KiB).
+  burst=$(( bps / 8 / 100 ))
+  (( burst >= 65536 )) || burst=65536
+  local spec=(tbf rate "$bps"bit burst "$burst" latency 50ms)
+  if [[ $dir == out || $dir == both ]]; then
+    out=$(ip netns exec "$ns" tc qdisc replace dev "$IFACE" root "${spec[@]}" 2>&1) \
+      || die "tc tbf on $host's $IFACE failed: $out"
+  fi
+  if [[ $dir == in || $dir == both ]]; then
+    out=$(ip netns exec "$sw" tc qdisc replace dev "port-$host" root "${spec[@]}" 2>&1) \
+      || die "tc tbf on the switch port of $host failed: $out"
+  fi
+  note "$host: $dir capped at $rate ($bps bit/s, burst $burst B)"
+}
+
 # nft table that `loss` manages inside a host's namespace.
 LOSS_TABLE=edgelink_lab_loss
 
@@ -669,6 +730,10 @@ list_one() {
     ip -n "$(sw_ns)" -o link show dev "port-$host" 2>/dev/null | grep -q 'state UP' || link='cut'
     q=$(ip netns exec "$ns" tc qdisc show dev "$IFACE" root 2>/dev/null | sed -n 's/^qdisc netem [^ ]* root refcnt [0-9]* \(.*\)$/\1/p')
     [[ -z $q ]] || link="$link (netem $q)"
+    q=$(ip netns exec "$ns" tc qdisc show dev "$IFACE" root 2>/dev/null | sed -n 's/^qdisc tbf .* rate \([^ ]*\) .*$/\1/p')
+    [[ -z $q ]] || link="$link (rate out $q)"
+    q=$(ip netns exec "$(sw_ns)" tc qdisc show dev "port-$host" root 2>/dev/null | sed -n 's/^qdisc tbf .* rate \([^ ]*\) .*$/\1/p')
+    [[ -z $q ]] || link="$link (rate in $q)"
     q=$(ip netns exec "$ns" nft list table inet "$LOSS_TABLE" 2>/dev/null \
         | awk '/hook/ { d = ($0 ~ /hook input/) ? "in" : "out" } /mod 100 </ { for (i = 1; i < NF; i++) if ($i == "<") printf "%s %s%% ", d, $(i + 1) }') || q=''
     [[ -z $q ]] || link="$link (loss ${q% })"
@@ -700,6 +765,11 @@ cmd_check() {
         echo "netem=ok"
       else
         echo "netem=missing: tc netem is unavailable in this kernel ($err)"
+      fi
+      if err=$(ip netns exec "$probe" tc qdisc replace dev lo root tbf rate 200mbit burst 256kb latency 50ms 2>&1); then
+        echo "tbf=ok"
+      else
+        echo "tbf=missing: tc tbf is unavailable in this kernel (lab.sh rate needs it: $err)"
       fi
       if ! command -v nft >/dev/null; then
         echo "nft=missing: install nftables (lab.sh loss needs it)"
@@ -735,6 +805,7 @@ main() {
     log) cmd_log "$@" ;;
     addr) cmd_addr "$@" ;;
     netem) cmd_netem "$@" ;;
+    rate) cmd_rate "$@" ;;
     partition) cmd_partition "$@" ;;
     heal) cmd_heal "$@" ;;
     loss) cmd_loss "$@" ;;

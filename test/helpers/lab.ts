@@ -122,7 +122,7 @@ export function labUnavailableReason (): string | null {
   const c = labCheck()
   if (c.ok) return null
   // netem and nft are optional extras (delay, loss): a lab is built without them.
-  const missing = [...c.lines].filter(([k, v]) => k !== 'netem' && k !== 'nft' && v.startsWith('missing')).map(([k, v]) => `${k} ${v}`)
+  const missing = [...c.lines].filter(([k, v]) => k !== 'netem' && k !== 'nft' && k !== 'tbf' && v.startsWith('missing')).map(([k, v]) => `${k} ${v}`)
   return missing.length > 0 ? missing.join('; ') : `lab.sh check failed: ${c.error ?? 'unknown error'}`
 }
 
@@ -136,6 +136,14 @@ export function netemUnavailableReason (): string | null {
   if (lab != null) return lab
   const v = labCheck().lines.get('netem')
   return v == null || v.startsWith('ok') ? null : v.replace(/^missing: /, '')
+}
+
+/** Why `lab.sh rate` (tc tbf) is unavailable, or null. */
+export function rateUnavailableReason (): string | null {
+  const lab = labUnavailableReason()
+  if (lab != null) return lab
+  const v = labCheck().lines.get('tbf')
+  return v == null ? 'lab.sh check did not report tbf' : v.startsWith('ok') ? null : v.replace(/^missing: /, '')
 }
 
 /** Why `lab.sh loss` (nftables random drop) is unavailable, or null. */
@@ -315,6 +323,15 @@ export class Lab {
    */
   async loss (host: string, percent: number | 'clear', dir: 'in' | 'out' | 'both' = 'both'): Promise<void> {
     await this.sh(percent === 'clear' ? ['loss', host, 'clear'] : ['loss', host, String(percent), dir])
+  }
+
+  /**
+   * Cap the host's link at `rate` (tc units: '200mbit', '1gbit') with tc tbf (`lab.sh rate`):
+   * 'out' caps what it sends (its lan0), 'in' what it receives (its switch port's egress),
+   * 'both' (default) each direction. `rate(host, 'clear')` removes the caps.
+   */
+  async rate (host: string, rate: string, dir: 'in' | 'out' | 'both' = 'both'): Promise<void> {
+    await this.sh(rate === 'clear' ? ['rate', host, 'clear'] : ['rate', host, rate, dir])
   }
 
   /** SIGSTOP the host's agent (a hung process: its kernel still ACKs TCP). */
