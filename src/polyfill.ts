@@ -1,7 +1,14 @@
 /**
- * Node 20 lacks `Promise.withResolvers`, which libp2p 3 calls. This module must be
- * imported before anything from libp2p.
+ * Fixes for the runtime, loaded before anything else (and in vitest's setupFiles):
+ *
+ * - Node 20 lacks `Promise.withResolvers`, which libp2p 3 calls. This module must be
+ *   imported before anything from libp2p.
+ * - protons-runtime (7.1.2, and 8.0.1 too) writes every uint64/int64 in
+ *   [2^31, 2^32) as zero bytes: `LongBits` keeps its low word as a signed int, and
+ *   the varint writer stops at once on a negative one. A 3 GiB blob's size went on the
+ *   wire as 0. Such values are written through the (correct) number path instead.
  */
+import { writer } from 'protons-runtime'
 type Resolvers<T> = { promise: Promise<T>, resolve: (value: T | PromiseLike<T>) => void, reject: (reason?: unknown) => void }
 
 if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function') {
@@ -15,6 +22,18 @@ if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function'
       return { promise, resolve, reject }
     }
   })
+}
+
+interface Uint64Writer {
+  uint64: (value: bigint) => unknown
+  uint64Number: (value: number) => unknown
+}
+
+const writerProto = Object.getPrototypeOf(writer()) as Uint64Writer
+const uint64 = writerProto.uint64
+writerProto.uint64 = function (this: Uint64Writer, value: bigint) {
+  if (value >= 0x80000000n && value <= 0xffffffffn) return this.uint64Number(Number(value))
+  return uint64.call(this, value)
 }
 
 export {}

@@ -25,8 +25,7 @@
  *    /proc/PID/stat of both agents while the follower fetches) next to scp's (the scp
  *    shell's `times` for scp + ssh, and the sshd listener's reaped children for the
  *    session and sftp-server): less sensitive than MB/s to other load on a shared machine.
- * 2. **Receiver RSS growth during a 2 GiB transfer** (budget: ≤ 64 MiB; 2047 MiB by default,
- *    see --rss-size). The follower's
+ * 2. **Receiver RSS growth during a 2 GiB transfer** (budget: ≤ 64 MiB; 2048 MiB by default). The follower's
  *    VmRSS is read from /proc every 50 ms: growth = max during the transfer (upload start
  *    to follower complete) − the value just before the upload. Baseline: the same figure
  *    for the raw TCP receiver (a node process streaming a socket into a file) copying the
@@ -47,8 +46,7 @@
  *
  * Options (`--KEY=VALUE`):
  *   --size=MiB          figure 1 file size (default 1024; --quick 256)
- *   --rss-size=MiB      figure 2 file size (default 2047: a 2-4 GiB file cannot be synced
- *                       at this commit, protons-runtime writes its size as 0; --quick 512)
+ *   --rss-size=MiB      figure 2 file size (default 2048; --quick 512)
  *   --rss-runs=N        figure 2 runs (default 2; --quick 1)
  *   --fanout-size=MiB   figure 3 file size (default 64; --quick 32)
  *   --fanout=N          figure 3 followers (default 4)
@@ -670,9 +668,7 @@ export async function run (ctx) {
   for (const p of only) if (!['throughput', 'rss', 'fanout'].includes(p)) throw new Error(`--only: unknown part ${p} (throughput, rss, fanout)`)
   const mib = (k, d, q) => Number(o[k] ?? (ctx.quick ? q : d)) * MiB
   const size = mib('size', 1024, 256)
-  // 2047, not 2048: protons-runtime 7.1.2 writes a uint64 in [2^31, 2^32) as a broken
-  // varint, so a 2-4 GiB file's manifest says size 0 and no follower can fetch it (reported).
-  const rssSize = mib('rss-size', 2047, 512)
+  const rssSize = mib('rss-size', 2048, 512)
   const fanSize = mib('fanout-size', 64, 32)
   const runs = ctx.runs ?? (ctx.quick ? 1 : 3)
   const rssRuns = Number(o['rss-runs'] ?? (ctx.quick ? 1 : 2))

@@ -32,6 +32,18 @@ function decodeError (bytes: Uint8Array): Error {
 }
 
 describe('manifest', () => {
+  it('round-trips sizes of 2 to 10 GiB, including [2^31, 2^32) that protons-runtime alone writes as 0', () => {
+    const GiB = 2 ** 30
+    for (const size of [2 * GiB - 1, 2 * GiB, 3 * GiB, 4 * GiB - 1, 4 * GiB, 10 * GiB]) {
+      const m = { ...manifest(0), size }
+      const back = Manifest.decode(rawEncode(m))
+      expect(back.size).toBe(BigInt(size))
+    }
+    fc.assert(fc.property(fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), (size) => {
+      expect(Manifest.decode(Manifest.encode({ digest: DIGEST, size, chunkSize: CHUNK_SIZE, chunks: [] })).size).toBe(size)
+    }), { numRuns: 500 })
+  })
+
   it('round-trips through its encoding', () => {
     for (const m of [manifest(0), manifest(1), manifest(CHUNK_SIZE), manifest(3 * CHUNK_SIZE + 17), manifest(5 * MIN_CHUNK_SIZE, MIN_CHUNK_SIZE)]) {
       const back = decodeManifest(encodeManifest(m))
