@@ -157,6 +157,7 @@ export class Agent {
       await group.start()
       undo.push(async () => { await group.stop() })
       const status = new StatusService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:status' }), audit, group, dataDir: this.paths.root })
+      group.useLiveness((peer) => status.heardRecently(peer))
       const settings = new SettingsService({ store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:settings' }), audit, group, status }, node.peerId.toString())
       // Settings first: the first status this host publishes must carry its stored settings state.
       await settings.start()

@@ -84,7 +84,7 @@ export const configSchema = z.object({
   status: z.object({
     /** Status is published when it changes and at least this often. */
     interval: duration('status.interval'),
-    /** Each member is pinged this often (liveness). */
+    /** Each member gets a heartbeat this often (liveness, protocols/group.md). */
     probeInterval: duration('status.probeInterval'),
     /** Silence before a member is suspect. */
     suspectAfter: duration('status.suspectAfter'),

@@ -14,8 +14,8 @@ import { isDigest } from './manifest.js'
 const CATALOG_CONTEXT = context('catalog v1')
 /** Most items a catalog lists: a site's images and definitions, far below what a gossip message holds. */
 export const MAX_CATALOG_ITEMS = 256
-export const CONTENT_KINDS = ['agent-image', 'provider-image', 'cluster-definition', 'file'] as const
-export type ContentKind = typeof CONTENT_KINDS[number]
+import { CONTENT_KINDS, type ContentKind } from './names.js'
+export { CONTENT_KINDS, type ContentKind }
 
 export interface CatalogItemView {
   digest: string

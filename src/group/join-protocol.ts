@@ -99,21 +99,27 @@ export async function requestJoin (
   addrs: Multiaddr[],
   req: JoinRequest,
   onOffer: (offer: JoinResponse) => Promise<{ persisted: boolean, message: string }>,
-  opts: { dialTimeoutMs: number, timeoutMs: number }
+  opts: { dialTimeoutMs: number, timeoutMs: number, log?: Logger }
 ): Promise<JoinClientResult> {
+  const t0 = performance.now()
+  const phases: Record<string, number> = {}
+  const mark = (name: string): void => { phases[name] = Math.round(performance.now() - t0) }
   const targets = addrs.map(a => a.encapsulate(`/p2p/${leader.toString()}`))
   const stream = await node.dialProtocol(targets.length > 0 ? targets : leader, JOIN_PROTOCOL, { signal: AbortSignal.timeout(opts.dialTimeoutMs) })
+  mark('streamMs')
   const signal = AbortSignal.timeout(opts.timeoutMs)
   const pb = pbStream(stream, { maxDataLength: MAX_JOIN_RESPONSE_BYTES })
   try {
     await pb.write(req, JoinRequest, { signal })
     const offer = await pb.read(JoinResponse, { signal })
+    mark('offerMs')
     if (offer.status !== JoinStatus.OK) {
       await stream.close({ signal }).catch(() => {})
       return { offer, final: undefined }
     }
     const stored = await onOffer(offer)
     await pb.write({ persisted: stored.persisted, message: stored.message }, JoinAck, { signal })
+    mark('ackMs')
     if (!stored.persisted) {
       await stream.close({ signal }).catch(() => {})
       return { offer, final: undefined }
@@ -124,6 +130,8 @@ export async function requestJoin (
     } catch {
       final = undefined
     }
+    mark('finalMs')
+    opts.log?.debug(phases, 'join exchange timing (ms since the dial started)')
     await stream.close({ signal }).catch(() => {})
     return { offer, final }
   } catch (err) {

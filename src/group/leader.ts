@@ -48,6 +48,8 @@ export interface LeaderComponents {
   store: (m: Membership) => Promise<void>
   /** Adopt a verified roster received from another member if it is newer. */
   adopt: (record: SignedRosterRecord, key: GroupKeyMaterial | undefined) => Promise<AdoptOutcome>
+  /** See ReplicatorComponents.recentlyHeard. */
+  recentlyHeard: (peer: string) => boolean
 }
 
 export interface HandoverResult {
@@ -62,7 +64,7 @@ export class Leader implements JoinLeaderLogic {
 
   constructor (c: LeaderComponents) {
     this.c = c
-    this.replicator = new RosterReplicator({ node: c.node, log: c.log, dialTimeoutMs: c.config.group.dialTimeout, rpcTimeoutMs: c.config.group.rpcTimeout })
+    this.replicator = new RosterReplicator({ node: c.node, log: c.log, dialTimeoutMs: c.config.group.dialTimeout, rpcTimeoutMs: c.config.group.rpcTimeout, recentlyHeard: c.recentlyHeard })
   }
 
   /** Start a group of one, led by this host. The caller holds `changeLock`. */
@@ -247,9 +249,13 @@ export class Leader implements JoinLeaderLogic {
    * nothing changed.
    */
   private async commit (current: Roster, next: SignedRosterRecord, key: GroupKeyMaterial, acked: Set<string>, force = false): Promise<void> {
+    const t0 = performance.now()
     if (!force) await this.replicator.checkReachable(current, next.roster, acked)
+    const t1 = performance.now()
     await this.c.store({ record: next, key })
-    await this.replicator.push({ current, next, key, acked: new Set([...acked, this.c.self]), force })
+    const t2 = performance.now()
+    const out = await this.replicator.push({ current, next, key, acked: new Set([...acked, this.c.self]), force })
+    this.c.log.debug({ version: next.roster.version, acked: out.acked, voters: out.voters, checkMs: Math.round(t1 - t0), storeMs: Math.round(t2 - t1), pushMs: Math.round(performance.now() - t2) }, 'roster committed')
   }
 }
 

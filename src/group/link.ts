@@ -71,7 +71,9 @@ export async function linkWithToken (svc: GroupService, tokenText: string): Prom
       }
       const key = decodeKey(offer.groupKey)
       stored = { record, key }
-      await svc.store(stored)
+      // Not acted on until the leader commits: dialling every member now would compete
+      // with the leader's commit for their attention (and the commit may still fail).
+      await svc.store(stored, { quiet: true })
       return { persisted: true, message: '' }
     } catch (err) {
       log.warn({ err: errorMessage(err) }, 'join offer rejected')
@@ -81,7 +83,7 @@ export async function linkWithToken (svc: GroupService, tokenText: string): Prom
 
   let result
   try {
-    result = await requestJoin(node, t.leader, t.addrs, req, onOffer, { dialTimeoutMs: config.group.dialTimeout, timeoutMs: config.group.joinTimeout })
+    result = await requestJoin(node, t.leader, t.addrs, req, onOffer, { dialTimeoutMs: config.group.dialTimeout, timeoutMs: config.group.joinTimeout, log })
   } catch (err) {
     if (stored != null) await restore(svc, previous)
     throw dialError(err, leader, t.addrs, config.group.dialTimeout)
@@ -101,6 +103,8 @@ export async function linkWithToken (svc: GroupService, tokenText: string): Prom
     await restore(svc, previous)
     throw new JoinError(`the leader did not commit the join: ${final?.message ?? 'no answer'}`, final != null ? (REFUSALS[final.status] ?? 'JOIN_FAILED') : 'JOIN_UNCONFIRMED', 503)
   }
+  // Dial the members and start gossip once the operator has the answer.
+  setImmediate(() => { svc.announce() })
   if (previous != null) {
     await svc.tokens.revokeAll('host joined another group')
     svc.c.audit.record('group.dissolved', { groupId: previous.record.roster.groupId, reason: 'linked to another group' })

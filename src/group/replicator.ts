@@ -2,7 +2,9 @@
  * Commits a roster change the way DESIGN.md "Consistency" asks: the change counts
  * only once a majority of the voters (members before and after the change) stored
  * it. Before signing anything the leader checks that a majority is reachable, so a
- * change that cannot succeed fails fast with nothing changed.
+ * change that cannot succeed fails fast with nothing changed. A member heard from
+ * within the last heartbeat interval on a connection that is still open counts as
+ * reachable without a ping; the others are pinged.
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from '../agent/logger.js'
@@ -38,6 +40,11 @@ export interface ReplicatorComponents {
   log: Logger
   dialTimeoutMs: number
   rpcTimeoutMs: number
+  /**
+   * True if `peer` was heard from (heartbeat, gossip) within the last beat or so and is
+   * still connected: as good as a ping for the reachability check, and free.
+   */
+  recentlyHeard?: (peer: string) => boolean
 }
 
 export interface PushPlan {
@@ -72,7 +79,10 @@ export class RosterReplicator {
     const voters = this.voters(current, next)
     const needed = majority(voters.length)
     const others = voters.filter(v => !acked.has(v))
-    const reachable = acked.size + await countUntil(others.map(async v => await this.reachable(v)), needed - acked.size)
+    const fresh = others.filter(v => this.c.recentlyHeard?.(v) === true)
+    const rest = others.filter(v => !fresh.includes(v))
+    const known = acked.size + fresh.length
+    const reachable = known + await countUntil(rest.map(async v => await this.reachable(v)), needed - known)
     if (reachable < needed) throw new NoQuorumError(reachable, voters.length)
   }
 

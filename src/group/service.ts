@@ -88,6 +88,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
   private member?: Membership
   private running = false
   private readonly changeListeners = new Set<() => void>()
+  private recentlyHeard: (peer: string) => boolean = () => false
 
   constructor (c: GroupComponents) {
     this.c = c
@@ -109,7 +110,8 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       requireMembership: () => this.requireMembership(),
       ownAddresses: () => this.ownAddresses(),
       store: async (m) => { await this.store(m) },
-      adopt
+      adopt,
+      recentlyHeard: (peer) => this.recentlyHeard(peer)
     })
     this.sync = new MembershipSync({
       node: c.node,
@@ -374,7 +376,9 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
    */
   async adopt (record: SignedRosterRecord, key: GroupKeyMaterial | undefined): Promise<AdoptOutcome> {
     const outcome = await this.adoptLocked(record, key)
-    if (outcome === 'adopted') this.notify()
+    // Dialling new members and telling listeners happen after the caller answered: a
+    // member acknowledges a pushed roster first, then dials, republishes and rekeys.
+    if (outcome === 'adopted') setImmediate(() => { this.announce() })
     return outcome
   }
 
@@ -402,7 +406,6 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       if (record.roster.leader !== prev.leader) {
         this.c.log.info({ leader: record.roster.leader, term: record.roster.term }, 'new leader')
       }
-      this.sync.rememberAddressesLater(record.roster)
       return 'adopted'
     })
   }
@@ -413,13 +416,27 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     this.notify()
   }
 
-  /** Store a membership this host created or joined. */
-  async store (m: Membership): Promise<void> {
+  /**
+   * Store a membership this host created or joined. `quiet` stores it without acting
+   * on it yet (a joiner between the leader's offer and its commit): no dialling of the
+   * other members and no listeners told, until `announce()`.
+   */
+  async store (m: Membership, opts: { quiet?: boolean } = {}): Promise<void> {
     await this.stateLock.run(async () => {
       await this.groupStore.save(m)
       this.member = m
     })
-    this.sync.rememberAddressesLater(m.record.roster)
+    if (opts.quiet !== true) this.announce()
+  }
+
+  /** Where liveness comes from (the status service plugs in; until then, always ping). */
+  useLiveness (recentlyHeard: (peer: string) => boolean): void {
+    this.recentlyHeard = recentlyHeard
+  }
+
+  /** Act on the stored membership: dial the members and tell the listeners. */
+  announce (): void {
+    if (this.member != null) this.sync.rememberAddressesLater(this.member.record.roster)
     this.notify()
   }
 

@@ -41,10 +41,10 @@ export class GroupStore {
       roster: Buffer.from(m.record.bytes).toString('base64'),
       key: { id: m.key.id, key: Buffer.from(m.key.key).toString('base64') },
       savedAt: Date.now()
-    })
+    }, { sync: true }) // acknowledged to the leader as stored: must survive a power cut
   }
 
   async clear (): Promise<void> {
-    await this.db.del('membership')
+    await this.db.del('membership', { sync: true })
   }
 }

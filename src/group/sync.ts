@@ -40,6 +40,12 @@ export class MembershipSync {
   private readonly lastSeen = new Map<string, number>()
   private readonly learnedAddrs = new Map<string, string[]>()
   private readonly pulling = new Set<string>()
+  private readonly pulledAt = new Map<string, number>()
+  /** Members of the roster last acted on (to tell newcomers apart). */
+  private known = new Set<string>()
+  private knownGroup = ''
+  /** Addresses last merged into the peer store, per member. */
+  private readonly merged = new Map<string, string>()
   private listeners: Listener[] = []
   private timers: NodeJS.Timeout[] = []
 
@@ -52,7 +58,8 @@ export class MembershipSync {
     this.on('connection:open', (evt) => {
       const peer = (evt.detail as { remotePeer: PeerId }).remotePeer.toString()
       this.lastSeen.set(peer, Date.now())
-      if (this.c.isMemberPeer(peer)) this.pullSoon(peer)
+      // Both sides dial, so a pair often opens two connections at once: one pull is enough.
+      if (this.c.isMemberPeer(peer) && !pulledRecently(this.pulledAt, peer)) this.pullSoon(peer)
     })
     this.on('connection:close', (evt) => {
       this.lastSeen.set((evt.detail as { remotePeer: PeerId }).remotePeer.toString(), Date.now())
@@ -80,6 +87,8 @@ export class MembershipSync {
 
   /** With a stored roster at start-up: record the members' addresses, then dial them. */
   async resume (r: Roster): Promise<void> {
+    this.known = new Set(r.members.map(m => m.peerId))
+    this.knownGroup = r.groupId
     await this.rememberAddresses(r)
     this.reconnect()
   }
@@ -137,7 +146,17 @@ export class MembershipSync {
    * the next reconnect tick. Off the join's critical path: the leader is not kept waiting.
    */
   rememberAddressesLater (r: Roster): void {
-    this.rememberAddresses(r).then(() => { this.reconnect() }, err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
+    // A member that just joined dials every member itself once its link completes, so
+    // the others leave it to do so (one connection per pair, not two, and no burst of
+    // handshakes while the join is being committed). The reconnect timer still dials
+    // it if it does not show up.
+    const ids = r.members.map(m => m.peerId)
+    // Only while this host was already in this group; a host that just joined dials everyone.
+    const wasMember = this.knownGroup === r.groupId && this.known.has(this.c.self)
+    const newcomers = new Set(wasMember ? ids.filter(p => !this.known.has(p)) : [])
+    this.known = new Set(ids)
+    this.knownGroup = r.groupId
+    this.rememberAddresses(r).then(() => { this.reconnect(newcomers) }, err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot record member addresses') })
   }
 
   private get roster (): Roster | undefined {
@@ -147,6 +166,7 @@ export class MembershipSync {
   private pullSoon (peer: string): void {
     if (this.pulling.has(peer)) return
     this.pulling.add(peer)
+    this.pulledAt.set(peer, Date.now())
     this.pullFrom(peer).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'roster pull failed')
     }).finally(() => { this.pulling.delete(peer) })
@@ -161,11 +181,11 @@ export class MembershipSync {
     if (pick != null) this.pullSoon(pick.peerId)
   }
 
-  private reconnect (): void {
+  private reconnect (skip?: Set<string>): void {
     const r = this.roster
     if (r == null) return
     for (const m of r.members) {
-      if (m.peerId !== this.c.self && this.c.node.getConnections(peerIdFromString(m.peerId)).length === 0) this.dialMember(m.peerId)
+      if (m.peerId !== this.c.self && skip?.has(m.peerId) !== true && this.c.node.getConnections(peerIdFromString(m.peerId)).length === 0) this.dialMember(m.peerId)
     }
   }
 
@@ -180,8 +200,12 @@ export class MembershipSync {
     for (const m of r.members) {
       if (m.peerId === this.c.self) continue
       const addrs = [...m.addresses, ...(this.learnedAddrs.get(m.peerId) ?? [])]
+      // A peer-store merge re-encodes the whole peer record: skip it when nothing changed.
+      const key = addrs.join(' ')
+      if (this.merged.get(m.peerId) === key) continue
       try {
         await this.c.node.peerStore.merge(peerIdFromString(m.peerId), { multiaddrs: addrs.map(a => multiaddr(a)) })
+        this.merged.set(m.peerId, key)
       } catch (err) {
         this.c.log.debug({ peer: m.peerId, err: errorMessage(err) }, 'cannot record member addresses')
       }
@@ -192,4 +216,14 @@ export class MembershipSync {
     this.c.node.addEventListener(name as never, fn as never)
     this.listeners.push([name, fn])
   }
+}
+
+/** A pull on a new connection is skipped if one from the same peer started this recently. */
+export const CONNECT_PULL_GAP_MS = 1000
+
+/** True if a pull from `peer` started within CONNECT_PULL_GAP_MS (and prunes old entries). */
+export function pulledRecently (pulledAt: Map<string, number>, peer: string, now = Date.now()): boolean {
+  if (pulledAt.size > 1024) for (const [p, t] of pulledAt) if (now - t > CONNECT_PULL_GAP_MS) pulledAt.delete(p)
+  const t = pulledAt.get(peer)
+  return t != null && now - t < CONNECT_PULL_GAP_MS
 }

@@ -53,7 +53,9 @@ export function rpcHandler<Req, Res> (o: RpcHandlerOptions<Req, Res>) {
 
 export async function rpcCall<Req, Res> (node: EdgelinkNode, peer: PeerId, protocol: string, req: Req, codecs: { request: Codec<Req>, response: Codec<Res> }, opts: { maxFrameBytes: number, timeoutMs: number }): Promise<Res> {
   const signal = AbortSignal.timeout(opts.timeoutMs)
-  const stream = await node.dialProtocol(peer, protocol, { signal })
+  // The request rides with the protocol proposal (no round trip for multistream-select
+  // first); a peer that does not speak the protocol fails the read below instead.
+  const stream = await node.dialProtocol(peer, protocol, { signal, negotiateFully: false })
   const pb = pbStream(stream, { maxDataLength: opts.maxFrameBytes })
   try {
     await pb.write(req, codecs.request, { signal })

@@ -16,7 +16,7 @@ import type { StatusService, SettingsHooks } from '../status/service.js'
 import { BadRequestError, errorMessage, NotFoundError } from '../errors.js'
 import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
-import { u8 } from '../util/bytes.js'
+import { sameBytes, u8 } from '../util/bytes.js'
 import { mapToLabels, MAX_SETTINGS, peerBytes, signSettings, verifySettings, type SettingsChangeView, type SettingsStateView, type Verified } from '../status/records.js'
 import { runSettingsHook } from './hook.js'
 
@@ -154,6 +154,8 @@ export class SettingsService implements SettingsHooks {
    * whatever the sender checked.
    */
   async receive (bytes: Uint8Array, via: string): Promise<'stored' | 'stale' | 'refused'> {
+    // An exact copy of a record we hold (pulls repeat them) needs no signature check.
+    for (const held of this.changes.values()) if (sameBytes(held.bytes, bytes)) return 'stale'
     let v: Verified<SettingsChangeView>
     try {
       v = await verifySettings(bytes)

@@ -15,11 +15,13 @@ import type { GroupService } from '../group/service.js'
 import { errorMessage, NotFoundError } from '../errors.js'
 import { rpcCall, rpcHandler } from '../net/rpc.js'
 import { AGENT_VERSION } from '../version.js'
-import { u8 } from '../util/bytes.js'
+import { sameBytes, u8 } from '../util/bytes.js'
 import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type ContentProgress, type GroupMessage } from '../wire/group.js'
 import { collectSystem, healthOf } from './collect.js'
 import { GroupGossip, type GossipCounters } from './gossip.js'
 import { LivenessTable, type LivenessState } from './liveness.js'
+import { Heartbeats } from './heartbeat.js'
+import { pulledRecently } from '../group/sync.js'
 import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
 
 export const GROUP_PROTOCOL = '/edgelink/group/1.0.0'
@@ -78,7 +80,9 @@ export class StatusService {
   private lastFingerprint = ''
   private lastSeq = 0n
   private readonly pulling = new Set<string>()
-  private readonly probing = new Set<string>()
+  private readonly pulledAt = new Map<string, number>()
+  /** Liveness heartbeats (public for tests and the REPL). */
+  readonly heartbeats: Heartbeats
   private onConnect?: (evt: CustomEvent<{ remotePeer: PeerId }>) => void
   private running = false
 
@@ -92,6 +96,14 @@ export class StatusService {
       (from, msg) => { void this.onGossip(from, msg) },
       (from) => { this.pullRosterSoon(from) },
       (from) => { this.pullRosterSoon(from) })
+    this.heartbeats = new Heartbeats({
+      node: c.node,
+      log: c.log,
+      intervalMs: s.probeInterval,
+      members: () => this.members(),
+      isMember: (p) => this.c.group.isMemberPeer(p),
+      heard: (p) => { this.heard(p) }
+    })
   }
 
   /** The settings service plugs in here (it needs this service to publish). */
@@ -137,15 +149,17 @@ export class StatusService {
       const peer = evt.detail.remotePeer.toString()
       if (this.c.group.isMemberPeer(peer)) {
         this.heard(peer)
-        this.pullSoon(peer)
+        // Both sides dial, so a pair often opens two connections at once: one pull is enough.
+        if (!pulledRecently(this.pulledAt, peer)) this.pullSoon(peer)
       }
     }
     this.c.node.addEventListener('connection:open', this.onConnect as never)
     this.unsubscribe = this.c.group.onChange(() => { this.followMembership() })
     this.followMembership()
+    void this.publish(true)
     const s = this.c.config.status
     this.timers.push(setInterval(() => { void this.publish(false) }, Math.min(1000, s.interval)))
-    this.timers.push(setInterval(() => { this.probe() }, s.probeInterval))
+    await this.heartbeats.start()
     this.timers.push(setInterval(() => { this.evaluate() }, Math.max(100, Math.floor(s.probeInterval / 4))))
     this.timers.push(setInterval(() => { this.antiEntropy() }, s.antiEntropyInterval))
   }
@@ -158,6 +172,7 @@ export class StatusService {
     this.unsubscribe?.()
     if (this.onConnect != null) this.c.node.removeEventListener('connection:open', this.onConnect as never)
     this.gossip.stop()
+    await this.heartbeats.stop()
     await this.c.node.unhandle(GROUP_PROTOCOL)
   }
 
@@ -307,6 +322,9 @@ export class StatusService {
 
   /** Keep a status if it verifies, its origin is a member, and it is newer than ours. */
   private async acceptStatus (bytes: Uint8Array, via: string): Promise<boolean> {
+    // Most records in a pull (and gossip duplicates) are ones we hold already: skip the
+    // signature check for an exact copy. Nothing unverified is ever kept.
+    for (const held of this.statuses.values()) if (sameBytes(held.bytes, bytes)) return false
     let s: Verified<HostStatusView>
     try {
       s = await verifyStatus(bytes)
@@ -358,6 +376,7 @@ export class StatusService {
   private pullSoon (peer: string): void {
     if (this.pulling.has(peer) || peer === this.self) return
     this.pulling.add(peer)
+    this.pulledAt.set(peer, Date.now())
     this.pullFrom(peer).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'status pull failed')
     }).finally(() => { this.pulling.delete(peer) })
@@ -390,30 +409,34 @@ export class StatusService {
       ? undefined
       : { groupId: m.record.roster.groupId, key: m.key, isMember: (p) => this.c.group.isMemberPeer(p) })
     this.liveness.track(this.members())
+    this.heartbeats.follow()
     for (const p of this.statuses.keys()) {
       if (p !== this.self && !this.c.group.isMemberPeer(p)) {
         this.statuses.delete(p)
         this.db.del(p).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'cannot drop status of a former member') })
       }
     }
-    void this.publish(true)
+    // No publish here: the roster is in the status fingerprint, so each member's
+    // once-a-second check publishes within a second, at its own phase, rather than the
+    // whole group at the instant a change commits (which is when the leader is waiting
+    // for acknowledgements).
+  }
+
+  /**
+   * Heard from `peer` within one and a half heartbeat intervals, and still connected:
+   * the group's reachability check counts such a member without pinging it. A stopped
+   * host closes its connections, so it never passes; a paused one passes for at most
+   * that long.
+   */
+  heardRecently (peer: string): boolean {
+    const l = this.liveness.get(peer)
+    if (l == null || l.state !== 'alive' || Date.now() - l.lastHeard > this.c.config.status.probeInterval * 1.5) return false
+    return this.c.node.getConnections(peerIdFromString(peer)).some(c => c.status === 'open')
   }
 
   private heard (peer: string): void {
     const change = this.liveness.heard(peer)
     if (change != null) this.recordChange(change.peer, change.from, change.to, 0)
-  }
-
-  /** Ping every member; a round trip is as good as a message. */
-  private probe (): void {
-    for (const peer of this.members()) {
-      // One probe per member at a time: a slow answer is not a reason to pile up streams.
-      if (this.probing.has(peer)) continue
-      this.probing.add(peer)
-      this.c.node.services.ping.ping(peerIdFromString(peer), { signal: AbortSignal.timeout(this.c.config.status.probeInterval) })
-        .then(() => { this.heard(peer) }, () => { /* silence is what liveness measures */ })
-        .finally(() => { this.probing.delete(peer) })
-    }
   }
 
   private evaluate (): void {

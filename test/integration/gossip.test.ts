@@ -12,6 +12,7 @@ import { GroupMessageType } from '../../src/wire/group.js'
 import { peerBytes, signSettings, signStatus, mapToLabels } from '../../src/status/records.js'
 import { loadOrCreateIdentity } from '../../src/identity/index.js'
 import type { LivenessState } from '../../src/status/liveness.js'
+import { ALIVE_PROTOCOL, HEARTBEAT, MAX_BYTES_PER_INTERVAL } from '../../src/status/heartbeat.js'
 
 /** Shortened timers (serf's testConfig idea): liveness in hundreds of ms, not seconds. */
 const FAST = {
@@ -197,6 +198,75 @@ function statusWire (peer: string): Parameters<typeof signStatus>[0] {
     content: []
   }
 }
+
+/**
+ * Liveness comes from heartbeats on `/edgelink/alive/1.0.0`, not from the connection:
+ * status and anti-entropy are slowed to a minute here so heartbeats are the only thing
+ * that keeps a member alive.
+ */
+describe('liveness heartbeats', () => {
+  const QUIET = { ...FAST, status: { ...FAST.status, interval: 60_000, antiEntropyInterval: 60_000 } }
+  const set = new AgentSet()
+  let leader: Agent
+  let f1: Agent
+  let outsider: Agent
+
+  beforeEach(async () => {
+    leader = await set.start({ name: 'lead', config: QUIET })
+    f1 = await set.start({ name: 'f1', config: QUIET })
+    outsider = await set.start({ name: 'outsider', config: QUIET })
+    await linkAll(leader, f1)
+    await until(() => leader.hostState.heartbeats.outbound.includes(f1.peerId) && f1.hostState.heartbeats.outbound.includes(leader.peerId))
+  })
+  afterEach(async () => { await set.stopAll() })
+
+  /** Open a heartbeat stream from `from` to `to`, send `bytes`, resolve true once `to` resets it. */
+  async function sendAndAwaitReset (from: Agent, to: Agent, bytes: Uint8Array): Promise<boolean> {
+    const stream = await from.node.dialProtocol(to.node.getMultiaddrs(), ALIVE_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+    const closed = new Promise<boolean>(resolve => { stream.addEventListener('close', () => { resolve(true) }) })
+    stream.addEventListener('message', () => {})
+    try {
+      if (bytes.length > 0) stream.send(bytes)
+    } catch {
+      return stream.status !== 'open' // already reset by the other side before we wrote
+    }
+    const reset = await Promise.race([closed, new Promise<boolean>(resolve => setTimeout(() => { resolve(false) }, 5000))])
+    if (stream.status === 'open') stream.abort(new Error('done'))
+    return reset
+  }
+
+  it('a member whose heartbeats stop is down while still connected, and alive as soon as they resume', async () => {
+    await f1.hostState.heartbeats.stop()
+    await until(() => leader.hostState.memberLiveness(f1.peerId).liveness === 'down', 5000)
+    expect(leader.node.getConnections(f1.node.peerId).length).toBeGreaterThan(0)
+    await f1.hostState.heartbeats.start()
+    await until(() => leader.hostState.memberLiveness(f1.peerId).liveness === 'alive', 5000)
+  })
+
+  it('a non-member\'s heartbeat stream is reset and does not make it a member', async () => {
+    await outsider.dial(leader.node.getMultiaddrs()[0].toString())
+    expect(await sendAndAwaitReset(outsider, leader, new Uint8Array([HEARTBEAT]))).toBe(true)
+    expect(leader.hostsTable().some(h => h.peerId === outsider.peerId)).toBe(false)
+    expect(leader.status).toBe('running')
+  })
+
+  it('garbage and floods on a member\'s heartbeat stream reset it; the agent keeps running and the member stays alive', async () => {
+    const garbage = fc.uint8Array({ minLength: 1, maxLength: 300 }).filter(b => b.some(x => x !== HEARTBEAT))
+    await fc.assert(fc.asyncProperty(garbage, async (junk) => {
+      expect(await sendAndAwaitReset(f1, leader, junk)).toBe(true)
+    }), { numRuns: 25 })
+    expect(await sendAndAwaitReset(f1, leader, new Uint8Array(MAX_BYTES_PER_INTERVAL + 1).fill(HEARTBEAT))).toBe(true)
+    expect(leader.status).toBe('running')
+    expect(leader.hostState.memberLiveness(f1.peerId).liveness).toBe('alive')
+  })
+
+  it('an unlinked host\'s heartbeats are refused', async () => {
+    await leader.group.unlink('f1')
+    await until(() => f1.group.membership === undefined)
+    expect(await sendAndAwaitReset(f1, leader, new Uint8Array([HEARTBEAT]))).toBe(true)
+    expect(leader.hostState.heartbeats.outbound).not.toContain(f1.peerId)
+  })
+})
 
 describe('host settings through a hook', () => {
   const set = new AgentSet()

@@ -7,8 +7,9 @@ import type { ContentItemView } from '../../content/service.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
 import { formatTable, printJson } from '../output.js'
+import { CONTENT_KINDS, contentNameProblem } from '../../content/names.js'
 
-const KINDS = ['agent-image', 'provider-image', 'cluster-definition', 'file']
+const KINDS: readonly string[] = CONTENT_KINDS
 
 export function registerContent (program: Command): void {
   const content = program.command('content').description('files every linked host keeps (images, cluster definitions)')
@@ -32,6 +33,8 @@ export function registerContent (program: Command): void {
       }
       const client = clientFor(opts)
       const name = opts.name ?? basename(file)
+      const nameProblem = contentNameProblem(name)
+      if (nameProblem != null) throw new CliError(`${nameProblem}${opts.name == null ? ' (the file\'s name is used; give another with --name)' : ''}`)
       const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
       if (opts.wait === true) await waitAll(client, item.digest, opts.json !== true)
       if (opts.json === true) { printJson(opts.wait === true ? (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === item.digest) : item); return }
@@ -122,7 +125,9 @@ async function upload (socketPath: string, dataDir: string, file: string, size: 
     })
     req.on('error', (err: NodeJS.ErrnoException) => {
       bar?.stop()
-      reject(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? notRunning(dataDir) : new CliError(`upload failed: ${err.code ?? err.message}`))
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(notRunning(dataDir))
+      else if (err.code === 'EPIPE' || err.code === 'ECONNRESET') reject(new CliError(`upload failed: the agent closed the upload before the whole file was sent (${err.code}); nothing was added. Its log says why; is this host the leader, and has its data dir space for the file?`))
+      else reject(new CliError(`upload failed: ${err.code ?? err.message}`))
     })
     const input = createReadStream(file, { highWaterMark: 1024 * 1024 })
     let sent = 0
