@@ -6,14 +6,12 @@
  *    issues a settings change for a target host (`POST /api/v1/settings`); the target
  *    stores it (no settings hook configured, so it is applied at once) and publishes its
  *    status, which carries the settings state, stamped with `at` (the target's clock, read
- *    just before it signs and publishes). From the moment the change is issued, every other
- *    host's `GET /api/v1/hosts/TARGET/status` is polled every --poll ms (10 by default) over
- *    a kept-alive unix-socket connection; a host has seen the change at the first answer that
- *    reports the new settings version `applied`. Latency = that answer's arrival − `at`.
- *    Every namespace shares one kernel clock, so both times come from the same clock. The
- *    figure is an upper bound: it includes signing, gossip, validation, decryption, the API
- *    call and up to one poll interval; the polling itself costs the agents some CPU. "Seen on
- *    all hosts" is the slowest of the N−1 other hosts for one change. Targets rotate over every
+ *    just before it signs and publishes). Every other host's `GET /api/v1/events` stream
+ *    (NDJSON, open for the whole phase) reports when that agent accepted the target's status
+ *    with the new settings version `applied` (`receivedAt`, its clock). Latency =
+ *    receivedAt − at. Every namespace shares one kernel clock, so both times come from the
+ *    same clock. It includes signing, gossip, validation, decryption and storing; nothing is
+ *    polled. "Seen on all hosts" is the slowest of the N−1 other hosts for one change. Targets rotate over every
  *    host, the leader included; a few warm-up changes are not counted. The settings change
  *    travelling to the target is not in the figure.
  *    Baseline: round trip of 1 byte over an open TCP connection between two node processes
@@ -36,8 +34,7 @@
  * No delay can be added here (this kernel has no sch_netem): the latency figures are at
  * the lab's natural latency (veth + bridge, sub-millisecond).
  *
- * Options: --hosts=N (default 10), --idle=SECONDS (default 30; --quick 10), --poll=MS (default
- * 10), --down-samples=N (default 5; --quick 2), --phases=latency,down,idle (default all),
+ * Options: --hosts=N (default 10), --idle=SECONDS (default 30; --quick 10), --down-samples=N (default 5; --quick 2), --phases=latency,down,idle (default all),
  * --agent-config=FILE (every agent runs with `--config FILE`, e.g. other status timers, for A/B
  * runs; the rows say so). --runs N sets the number of status changes (default 200; --quick 40).
  * The lab (`LAB=bg<pid>`, in .lab/) is torn down at the end, on error and on exit; its
@@ -312,40 +309,63 @@ async function gossipCounters (lab) {
 }
 
 /**
- * One status change: the leader issues settings for `target`; returns, per other host,
- * when its API first showed the target's status with the new version applied, and the
- * status record's `at`.
+ * Each viewer's `GET /api/v1/events` stream, kept open for the whole latency phase:
+ * `status` events say when that agent accepted a member's newer status (`receivedAt`,
+ * its clock) and when the origin signed it (`statusAt`). Nothing is polled, so the
+ * measurement costs the agents one write per event rather than an API call every few ms.
  */
-async function statusChange (lab, target, seq, pollMs) {
-  const viewers = lab.hosts.filter(h => h !== target)
-  const seen = new Map()
-  // Poll until CAP_MS after the leader answered (on a loaded machine the answer itself can be slow).
-  let deadline = Infinity
-  let version = null
-  let stop = false
-  const post = lab.post('h1', '/api/v1/settings', { host: target, settings: { bench: String(seq) } })
-    .then(r => { version = r.version }).finally(() => { deadline = Date.now() + CAP_MS })
-  const expected = (lab.versions.get(target) ?? 0) + 1
-  const polls = viewers.map(async v => {
-    while (!stop) {
-      let s
-      try { s = await lab.get(v, `/api/v1/hosts/${target}/status`) } catch { s = null }
-      const obs = Date.now()
-      if (s != null && s.settings.version >= expected && s.settings.state === 'applied') { seen.set(v, { obs, at: Date.parse(s.at) }); return }
-      if (obs > deadline) return
-      await sleep(pollMs)
-    }
-  })
-  try {
-    await post
-  } catch (err) {
-    stop = true
-    await Promise.all(polls)
-    throw err
+function openEvents (lab, hosts) {
+  const listeners = new Set()
+  const reqs = []
+  for (const h of hosts) {
+    const req = request({ socketPath: lab.socket(h), path: '/api/v1/events', method: 'GET' }, (res) => {
+      let buf = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => {
+        buf += d
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const e = JSON.parse(buf.slice(0, i))
+          buf = buf.slice(i + 1)
+          for (const fn of listeners) fn(h, e)
+        }
+      })
+      res.on('error', () => {})
+    })
+    req.on('error', () => {})
+    req.end()
+    reqs.push(req)
   }
-  if (version !== expected) { stop = true; await Promise.all(polls); throw new Error(`settings for ${target} got version ${version}, expected ${expected}`) }
-  lab.versions.set(target, version)
-  await Promise.all(polls)
+  return { on (fn) { listeners.add(fn); return () => listeners.delete(fn) }, close () { for (const r of reqs) r.destroy() } }
+}
+
+/**
+ * One status change: the leader issues settings for `target`; resolves, per other host,
+ * the moment its agent accepted the target's status carrying the new settings version
+ * as applied (`receivedAt`) and that status's `at`.
+ */
+async function statusChange (lab, events, target, seq) {
+  const viewers = lab.hosts.filter(h => h !== target)
+  const targetId = lab.ids.get(target)
+  const expected = (lab.versions.get(target) ?? 0) + 1
+  const seen = new Map()
+  let deadlineTimer
+  const allSeen = new Promise((resolve) => {
+    const off = events.on((h, e) => {
+      if (e.type !== 'status' || e.peer !== targetId || seen.has(h) || h === target) return
+      if (e.settings.version >= expected && e.settings.state === 'applied') {
+        seen.set(h, { obs: Date.parse(e.receivedAt), at: Date.parse(e.statusAt), via: e.via })
+        if (seen.size === viewers.length) { off(); resolve() }
+      }
+    })
+    // Whatever has not arrived CAP_MS after the leader answered counts as missed.
+    lab.stopWaiting = () => { off(); resolve() }
+  })
+  const r = await lab.post('h1', '/api/v1/settings', { host: target, settings: { bench: String(seq) } })
+  if (r.version !== expected) { lab.stopWaiting(); throw new Error(`settings for ${target} got version ${r.version}, expected ${expected}`) }
+  lab.versions.set(target, r.version)
+  deadlineTimer = setTimeout(() => lab.stopWaiting(), CAP_MS)
+  await allSeen
+  clearTimeout(deadlineTimer)
   return { viewers, seen }
 }
 
@@ -357,7 +377,6 @@ export async function run (ctx) {
   const n = Number(ctx.options.hosts ?? 10)
   if (!Number.isInteger(n) || n < 3 || n > 50) throw new Error(`--hosts must be 3..50, got ${ctx.options.hosts}`)
   const idleSecs = Number(ctx.options.idle ?? (ctx.quick ? 10 : 30))
-  const pollMs = Number(ctx.options.poll ?? 10)
   const changes = ctx.runs ?? (ctx.quick ? 40 : 200)
   const downSamples = Number(ctx.options['down-samples'] ?? (ctx.quick ? 2 : 5))
   const phases = (ctx.options.phases ?? PHASES.join(',')).split(',')
@@ -436,7 +455,8 @@ export async function run (ctx) {
       // Same-run baseline: one application-level round trip across the lab.
       const rtt = await tcpEchoRtt(lab, 500)
       ctx.log(`TCP echo RTT h2→h1: median ${median(rtt).toFixed(3)} ms, p99 ${percentile(rtt, 99).toFixed(3)} ms`)
-      ctx.log(`${changes} status changes (+${WARMUP} warm-up), polling every ${pollMs} ms`)
+      ctx.log(`${changes} status changes (+${WARMUP} warm-up), watched through each host's event stream`)
+      const events = openEvents(lab, lab.hosts)
       const load0 = loadavg()[0]
       const allSeen = []
       const perHost = []
@@ -444,7 +464,7 @@ export async function run (ctx) {
       let atMismatch = 0
       for (let i = 0; i < changes + WARMUP; i++) {
         const target = lab.hosts[i % n]
-        const { viewers, seen } = await statusChange(lab, target, i, pollMs)
+        const { viewers, seen } = await statusChange(lab, events, target, i)
         const ats = [...seen.values()].map(s => s.at)
         const at = Math.min(...ats)
         if (new Set(ats).size > 1) atMismatch++
@@ -459,6 +479,7 @@ export async function run (ctx) {
         // Changes spaced out and out of step with gossipsub's heartbeat.
         await sleep(50 + Math.random() * 100)
       }
+      events.close()
       const load1 = loadavg()[0]
       const rttMed = median(rtt)
       const rttP99 = percentile(rtt, 99)
@@ -467,7 +488,7 @@ export async function run (ctx) {
       const extra = `; load ${load0.toFixed(1)}→${load1.toFixed(1)} on ${cpus().length} CPUs` +
         (missed > 0 ? `; ${missed} change(s) not seen everywhere within ${CAP_MS} ms (counted as ${CAP_MS})` : '') +
         (atMismatch > 0 ? `; ${atMismatch} change(s) reached hosts as different records (earliest \`at\` used)` : '') +
-        `; ${pollMs} ms poll; no netem: natural lab latency${quickNote}`
+        `; agents' own clocks (accepted − signed), no polling; no netem: natural lab latency${quickNote}`
       rows.push({ figure: `status change seen on all ${n - 1} other hosts (median)`, value: median(allSeen), unit: 'ms', baseline: echo, baselineValue: rttMed, budget: null, n: allSeen.length, note: `slowest host per change: ${dist(allSeen)}${extra}` })
       rows.push({ figure: `status change seen on all ${n - 1} other hosts (p99)`, value: percentile(allSeen, 99), unit: 'ms', baseline: `${echo}, p99`, baselineValue: rttP99, budget: LAT_BUDGET_MS, n: allSeen.length, note: `budget: p99 ≤ ${LAT_BUDGET_MS} ms${extra}` })
       rows.push({ figure: 'status change seen per receiving host (median)', value: median(perHost), unit: 'ms', baseline: echo, baselineValue: rttMed, budget: null, n: perHost.length, note: `each host per change: ${dist(perHost)}${quickNote}` })

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs'
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import type { Agent } from '../agent/agent.js'
@@ -72,6 +72,7 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
   app.get('/api/v1/hosts', async () => agent.hostsTable())
   app.get<{ Params: { host: string } }>('/api/v1/hosts/:host/status', async (req) => agent.hostState.statusOf(req.params.host))
   app.get('/api/v1/group/gossip', async () => ({ counters: agent.hostState.counters }))
+  registerEvents(app, agent)
 
   app.post('/api/v1/settings', async (req) => {
     const { host, settings } = body(settingsSet, req.body)
@@ -100,4 +101,46 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
     return await agent.group.unlink(host, force === true)
   })
   app.post('/api/v1/leader/relinquish', async (req) => await agent.group.relinquish(body(relinquish, req.body).to))
+}
+
+/** Events a slow reader may miss before its stream is ended (it then reconnects). */
+const MAX_EVENTS_BEHIND = 1000
+
+/**
+ * `GET /api/v1/events`: one JSON object per line as things happen (AgentEvent in
+ * src/status/events.ts), starting with `{"type":"hello"}`. A reader that stops reading
+ * is not buffered for: events are dropped while its socket is full (a `dropped` line
+ * says how many once it drains), and the stream ends after MAX_EVENTS_BEHIND drops.
+ */
+function registerEvents (app: FastifyInstance, agent: Agent): void {
+  const open = new Set<ServerResponse>()
+  // preClose: the server waits for open connections before onClose hooks would run.
+  app.addHook('preClose', async () => { for (const res of open) res.end() })
+  app.get('/api/v1/events', (req, reply) => {
+    const hub = agent.hostState.events
+    void reply.hijack()
+    const res = reply.raw
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' })
+    open.add(res)
+    let dropped = 0
+    let full = false
+    const line = (e: unknown): boolean => res.write(JSON.stringify(e) + '\n')
+    const off = hub.on((e) => {
+      if (full) {
+        if (++dropped >= MAX_EVENTS_BEHIND) res.end()
+        return
+      }
+      if (!line(e)) {
+        full = true
+        res.once('drain', () => {
+          full = false
+          if (dropped > 0) { line({ type: 'dropped', count: dropped }); dropped = 0 }
+        })
+      }
+    })
+    const done = (): void => { off(); open.delete(res) }
+    res.on('close', done)
+    req.raw.on('close', done)
+    line({ type: 'hello', at: new Date().toISOString(), peerId: agent.peerId })
+  })
 }

@@ -1,8 +1,11 @@
 /**
  * Fetching one catalog item by swarming: ask every member which chunks it holds
  * (GET_HAVE, refreshed every second), and keep a few worker streams per member busy
- * with chunks that member holds, picked at random so members that are syncing too
- * serve each other and the leader's link is not the bottleneck. Every chunk is
+ * with chunks that member holds, rarest first (BitTorrent's rule): from the leader a
+ * follower takes chunks no other member has yet, from a follower the chunks that
+ * follower has, so followers that sync at the same time fetch different chunks from
+ * the leader and then serve each other, and the leader's link is not the bottleneck.
+ * Ties are broken at random. Every chunk is
  * checked against the manifest before it is written; a member that sends wrong bytes
  * is counted and, after a few faults, left out for a while; a member that stalls loses
  * its stream and the chunk goes back to the pool. Memory: at most one chunk per worker.
@@ -16,7 +19,13 @@ import { chunkLength } from './manifest.js'
 import { SyncSession } from './sync-protocol.js'
 
 export interface FetchOptions {
-  /** Worker streams per member. */
+  /**
+   * Chunk requests in flight in all, spread over the members that hold chunks we miss:
+   * all of them on the one member that has the file (a 1-to-1 transfer keeps several
+   * chunks moving), one each when several members can serve (a swarm: fewer queued
+   * megabytes per connection, so what members advertise is fresh, and a chunk is
+   * asked for where it is rarest rather than always from the leader).
+   */
   perPeer: number
   /** Worker streams in all. */
   total: number
@@ -48,6 +57,8 @@ export class ItemFetch {
   private readonly o: FetchOptions
   private readonly partial: PartialBlob
   private readonly have = new Map<string, Uint8Array>()
+  /** How many members hold each chunk, as of the last GET_HAVE round. */
+  private rarity = new Uint16Array(0)
   private readonly inFlight = new Set<number>()
   private readonly workers = new Map<string, number>()
   private readonly faults = new Map<string, number>()
@@ -100,14 +111,41 @@ export class ItemFetch {
         session?.close()
       }
     }))
+    this.countHolders()
+    this.servers = this.holders()
     this.wake()
   }
 
+  private countHolders (): void {
+    const n = this.partial.manifest.chunks.length
+    const counts = new Uint16Array(n)
+    for (const bits of this.have.values()) {
+      for (let i = 0; i < n; i++) if ((bits[i >> 3] & (1 << (i & 7))) !== 0) counts[i]++
+    }
+    this.rarity = counts
+  }
+
+  /** Members that are not banned and hold a chunk we miss that nobody is fetching. */
+  private holders (): number {
+    let n = 0
+    for (const peer of this.have.keys()) if ((this.bannedUntil.get(peer) ?? 0) <= Date.now() && this.available(peer) != null) n++
+    return n
+  }
+
+  /** Workers per member now (see FetchOptions.perPeer). */
+  private perPeerNow (): number {
+    return Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.servers))))
+  }
+
+  private servers = 1
+
   private spawnWorkers (): void {
+    this.servers = this.holders()
+    const perPeer = this.perPeerNow()
     let running = [...this.workers.values()].reduce((a, b) => a + b, 0)
     for (const peer of shuffle([...this.have.keys()])) {
       if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) continue
-      while ((this.workers.get(peer) ?? 0) < this.o.perPeer && running < this.o.total && this.available(peer) != null) {
+      while ((this.workers.get(peer) ?? 0) < perPeer && running < this.o.total && this.available(peer) != null) {
         this.workers.set(peer, (this.workers.get(peer) ?? 0) + 1)
         running++
         void this.worker(peer).finally(() => {
@@ -118,12 +156,18 @@ export class ItemFetch {
     }
   }
 
-  /** A missing chunk this member holds and nobody is fetching, picked at random. */
+  /** A missing chunk this member holds and nobody is fetching: the rarest, ties at random. */
   private available (peer: string): number | undefined {
     const bits = this.have.get(peer)
     if (bits == null) return undefined
-    const candidates = this.partial.missing().filter(i => !this.inFlight.has(i) && (bits[i >> 3] & (1 << (i & 7))) !== 0)
-    return candidates.length === 0 ? undefined : candidates[Math.floor(Math.random() * candidates.length)]
+    let best = Infinity
+    let ties: number[] = []
+    for (const i of this.partial.missing()) {
+      if (this.inFlight.has(i) || (bits[i >> 3] & (1 << (i & 7))) === 0) continue
+      const r = this.rarity[i] ?? 0
+      if (r < best) { best = r; ties = [i] } else if (r === best) ties.push(i)
+    }
+    return ties.length === 0 ? undefined : ties[Math.floor(Math.random() * ties.length)]
   }
 
   private async worker (peer: string): Promise<void> {
@@ -138,6 +182,8 @@ export class ItemFetch {
     try {
       for (;;) {
         if (this.signal.aborted) return
+        // More members can serve now: leave this one's extra streams to them.
+        if ((this.workers.get(peer) ?? 0) > this.perPeerNow()) return
         const index = this.available(peer)
         if (index == null) return
         this.inFlight.add(index)

@@ -190,20 +190,31 @@ export class OpenPartial implements PartialBlob {
   }
 }
 
-/** Read a whole partial file chunk by chunk; returns the chunks that do not match, or all of them if only the whole digest fails. */
+/**
+ * Check a whole partial file against its digest; returns [] if it matches. Otherwise
+ * reads it again chunk by chunk and returns the chunks that do not match their hash
+ * (all of them if every chunk matches and only the whole digest fails). One SHA-256
+ * pass in the normal case: every chunk was already checked when it arrived.
+ */
 async function verifyFile (fh: FileHandle, m: ManifestView): Promise<number[]> {
   const whole = createHash('sha256')
   const buf = Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
+  let short = false
+  for (let i = 0; i < m.chunks.length; i++) {
+    const length = chunkLength(m, i)
+    const read = await readFully(fh, buf.subarray(0, length), i * m.chunkSize)
+    if (read !== length) short = true
+    whole.update(buf.subarray(0, read))
+  }
+  if (!short && `sha256:${whole.digest('hex')}` === m.digest) return []
   const bad: number[] = []
   for (let i = 0; i < m.chunks.length; i++) {
     const length = chunkLength(m, i)
     const data = buf.subarray(0, length)
     const read = await readFully(fh, data, i * m.chunkSize)
     if (read !== length || !equalBytes(sha256(data), m.chunks[i])) bad.push(i)
-    whole.update(data.subarray(0, read))
   }
-  if (bad.length === 0 && `sha256:${whole.digest('hex')}` !== m.digest) return m.chunks.map((_, i) => i)
-  return bad
+  return bad.length > 0 ? bad : m.chunks.map((_, i) => i)
 }
 
 function closedError (digest: string): EdgelinkError {

@@ -65,7 +65,7 @@ export interface ContentItemView extends CatalogItemView {
 
 interface LocalState { state: ItemState, error?: string }
 
-const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 1_000, maxFaults: 3, banMs: 60_000 }
+const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 500, maxFaults: 3, banMs: 60_000 }
 
 export class ContentService implements ContentHooks, SyncServer {
   private readonly c: ContentComponents

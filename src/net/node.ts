@@ -41,6 +41,14 @@ export type EdgelinkNode = Libp2p<EdgelinkServices>
  */
 export const GOSSIP_HEARTBEAT_MS = 700
 
+/**
+ * A yamux stream's receive window grows up to this (default 16 MiB). A receiver whose
+ * CPU is the bottleneck (hashing, decrypting) otherwise lets each content stream park
+ * up to 16 MiB in its memory; 2 MiB still covers a LAN's bandwidth-delay product many
+ * times and keeps the window under the stream's 4 MiB read-buffer limit (DESIGN.md traps).
+ */
+export const YAMUX_MAX_STREAM_WINDOW = 2 * 1024 * 1024
+
 export async function createNode (config: AgentConfig, privateKey: PrivateKey): Promise<EdgelinkNode> {
   // The mDNS name must be unique and short: @libp2p/mdns ignores answers whose name starts with
   // its own (so "h1" would never see "h10") and refuses names of 64 characters or more.
@@ -54,7 +62,7 @@ export async function createNode (config: AgentConfig, privateKey: PrivateKey): 
     addresses: { listen: config.listen, announce: config.announce },
     transports: [tcp()],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: YAMUX_MAX_STREAM_WINDOW } })],
     nodeInfo: { name: 'edgelink', version: AGENT_VERSION, userAgent: USER_AGENT },
     connectionManager: {
       maxConnections: config.net.maxConnections,

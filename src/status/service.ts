@@ -21,6 +21,7 @@ import { collectSystem, healthOf } from './collect.js'
 import { GroupGossip, type GossipCounters } from './gossip.js'
 import { LivenessTable, type LivenessState } from './liveness.js'
 import { Heartbeats } from './heartbeat.js'
+import { EventHub } from './events.js'
 import { pulledRecently } from '../group/sync.js'
 import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
 
@@ -81,6 +82,8 @@ export class StatusService {
   private lastSeq = 0n
   private readonly pulling = new Set<string>()
   private readonly pulledAt = new Map<string, number>()
+  /** Status and liveness events as they happen (`GET /api/v1/events`). */
+  readonly events = new EventHub()
   /** Liveness heartbeats (public for tests and the REPL). */
   readonly heartbeats: Heartbeats
   private onConnect?: (evt: CustomEvent<{ remotePeer: PeerId }>) => void
@@ -315,13 +318,13 @@ export class StatusService {
 
   private async onGossip (from: string, msg: GroupMessage): Promise<void> {
     this.heard(from)
-    if (msg.type === GroupMessageType.STATUS) await this.acceptStatus(msg.record, from)
+    if (msg.type === GroupMessageType.STATUS) await this.acceptStatus(msg.record, from, 'gossip')
     else if (msg.type === GroupMessageType.SETTINGS) await this.settings?.receive(msg.record, from)
     else if (msg.type === GroupMessageType.CATALOG) await this.content?.receive(msg.record, from)
   }
 
   /** Keep a status if it verifies, its origin is a member, and it is newer than ours. */
-  private async acceptStatus (bytes: Uint8Array, via: string): Promise<boolean> {
+  private async acceptStatus (bytes: Uint8Array, via: string, how: 'gossip' | 'pull'): Promise<boolean> {
     // Most records in a pull (and gossip duplicates) are ones we hold already: skip the
     // signature check for an exact copy. Nothing unverified is ever kept.
     for (const held of this.statuses.values()) if (sameBytes(held.bytes, bytes)) return false
@@ -337,6 +340,10 @@ export class StatusService {
     const held = this.statuses.get(origin)
     if (held != null && BigInt(held.view.seq) >= BigInt(s.view.seq)) return false
     this.statuses.set(origin, s)
+    if (this.events.size > 0) {
+      const v = s.view
+      this.events.emit({ type: 'status', peer: origin, hostname: v.hostname, seq: v.seq, statusAt: v.at, receivedAt: new Date().toISOString(), via: how, settings: { version: v.settings.version, state: v.settings.state } })
+    }
     await this.db.put(origin, Buffer.from(s.bytes).toString('base64'))
     return true
   }
@@ -368,7 +375,7 @@ export class StatusService {
       { request: GroupRequest, response: GroupResponse }, { maxFrameBytes: MAX_GROUP_FRAME, timeoutMs: this.c.config.group.rpcTimeout })
     if (res.status !== GroupStatus.GROUP_OK) return
     this.heard(peer)
-    for (const s of res.statuses.slice(0, 256)) await this.acceptStatus(s, peer)
+    for (const s of res.statuses.slice(0, 256)) await this.acceptStatus(s, peer, 'pull')
     for (const s of res.settings.slice(0, 256)) await this.settings?.receive(s, peer)
     if (res.catalog.length > 0) await this.content?.receive(res.catalog, peer)
   }
@@ -446,6 +453,7 @@ export class StatusService {
   private recordChange (peer: string, from: LivenessState, to: LivenessState, silentMs: number): void {
     const hostname = this.c.group.roster?.members.find(m => m.peerId === peer)?.hostname
     this.c.audit.record('liveness.changed', { peer, hostname, from, to, silentMs })
+    this.events.emit({ type: 'liveness', peer, hostname: hostname ?? null, from, to, at: new Date().toISOString() })
   }
 }
 

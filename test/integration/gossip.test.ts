@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { request } from 'node:http'
 import pWaitFor from 'p-wait-for'
 import fc from 'fast-check'
 import type { Message } from '@libp2p/gossipsub'
@@ -86,6 +87,38 @@ describe('group gossip: status, liveness, key rotation', () => {
     } finally {
       clearInterval(watch)
     }
+  })
+
+  it('GET /api/v1/events streams accepted statuses and liveness changes as NDJSON, and ends when the agent stops', async () => {
+    const lines: Array<Record<string, unknown>> = []
+    let buf = ''
+    let ended = false
+    const req = request({ socketPath: leader.paths.apiSocket, path: '/api/v1/events' }, (res) => {
+      expect(res.statusCode).toBe(200)
+      expect(res.headers['content-type']).toBe('application/x-ndjson')
+      res.setEncoding('utf8')
+      res.on('data', (d: string) => {
+        buf += d
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) { lines.push(JSON.parse(buf.slice(0, i))); buf = buf.slice(i + 1) }
+      })
+      res.on('end', () => { ended = true })
+    })
+    req.end()
+    await until(() => lines.some(l => l.type === 'hello'))
+    expect(lines[0]).toMatchObject({ type: 'hello', peerId: leader.peerId })
+    await relabel(f1, { watched: 'yes' })
+    await until(() => lines.some(l => l.type === 'status' && l.peer === f1.peerId && l.via === 'gossip'))
+    const ev = lines.find(l => l.type === 'status' && l.peer === f1.peerId) as Record<string, string>
+    expect(ev).toMatchObject({ hostname: 'f1', seq: expect.any(String), settings: { version: expect.any(Number), state: expect.any(String) } })
+    expect(Date.parse(ev.receivedAt)).toBeGreaterThanOrEqual(Date.parse(ev.statusAt))
+    const f2Id = f2.peerId
+    await f2.stop()
+    set.agents.splice(set.agents.indexOf(f2), 1)
+    await until(() => lines.some(l => l.type === 'liveness' && l.peer === f2Id && l.to === 'down'), 5000)
+    expect(lines.filter(l => l.type === 'liveness' && l.peer === f2Id).map(l => l.to)).toEqual(['suspect', 'down'])
+    await leader.stop()
+    set.agents.splice(set.agents.indexOf(leader), 1)
+    await until(() => ended, 5000)
   })
 
   it('a member that missed messages while stopped pulls the newest statuses when it returns', async () => {
