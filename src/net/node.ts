@@ -28,7 +28,11 @@ export type EdgelinkNode = Libp2p<EdgelinkServices>
 
 /**
  * Gossipsub tuned for a LAN group of a handful to a few dozen hosts:
- * - D=6 (default) already reaches every member of a small group in one hop;
+ * - mesh degree D=3 (Dlo 2, Dhi 5, Dlazy 3; defaults 6/4/12/6): flood publishing (below)
+ *   already delivers a host's own messages to every member in one hop, so the mesh only
+ *   relays for members the first copy missed. With D=6 a group of 10 received each
+ *   message about six times (decrypted and parsed every time); with D=3 about three,
+ *   still two relays beyond the direct copy, and pulls repair anything gossip missed;
  * - heartbeat 700 ms (default 1 s) repairs the mesh quickly after a host returns;
  * - flood publishing on: our own messages go to every subscribed peer at once, so
  *   a status change is seen in one round trip, not after mesh gossip;
@@ -76,6 +80,12 @@ export async function createNode (config: AgentConfig, privateKey: PrivateKey): 
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
         floodPublish: true,
+        D: 3,
+        Dlo: 2,
+        Dhi: 5,
+        Dout: 1,
+        Dscore: 2,
+        Dlazy: 3,
         heartbeatInterval: GOSSIP_HEARTBEAT_MS,
         emitSelf: false,
         fastMsgIdFn

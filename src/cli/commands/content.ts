@@ -35,6 +35,10 @@ export function registerContent (program: Command): void {
       const name = opts.name ?? basename(file)
       const nameProblem = contentNameProblem(name)
       if (nameProblem != null) throw new CliError(`${nameProblem}${opts.name == null ? ' (the file\'s name is used; give another with --name)' : ''}`)
+      // Asked first, not learnt from a refused upload: an agent that refuses before reading
+      // the body closes the connection, and the client can lose its answer to EPIPE.
+      const st = await client.get<{ role: string | null, leader: string | null }>('/api/v1/status')
+      if (st.role === 'follower') throw new CliError(`only the leader (${st.leader ?? '?'}) can upload content; run this on the leader`)
       const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
       if (opts.wait === true) await waitAll(client, item.digest, opts.json !== true)
       if (opts.json === true) { printJson(opts.wait === true ? (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === item.digest) : item); return }
