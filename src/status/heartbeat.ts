@@ -3,8 +3,12 @@
  *
  * Each member keeps one long-lived outbound stream to every other member and writes
  * one byte on it every `intervalMs`; the receiving side counts any heartbeat byte as
- * "heard from that member". A heartbeat is written by the agent's own timer, so it
- * stops when the process stops, pauses or hangs, which is what liveness measures.
+ * "heard from that member" and echoes it. A heartbeat is written by the agent's own
+ * timer, so it stops when the process stops, pauses or hangs, which is what liveness
+ * measures. The echo tells the sender its beats arrive: a stream that has carried no
+ * echo for STALE_BEATS intervals is replaced, and if the member has another
+ * connection, the stream's connection is closed (a connection can stay half-open
+ * after a partition, swallowing beats while the member is reachable another way).
  *
  * Why not libp2p ping every second: each ping opens a stream (yamux SYN, two
  * multistream-select lines, 32 bytes each way, FIN), about twenty encrypted frames per
@@ -26,6 +30,15 @@ export const HEARTBEAT = 0x01
 /** More than this many bytes in one interval is not a heartbeat: the stream is reset. */
 export const MAX_BYTES_PER_INTERVAL = 64
 const BEAT = new Uint8Array([HEARTBEAT])
+/** Intervals without an echo after which an outbound stream is replaced. */
+export const STALE_BEATS = 3
+
+interface Outbound {
+  stream: Stream
+  connection: Connection
+  /** When the last echo (or the stream's opening) was seen. */
+  lastEcho: number
+}
 
 export interface HeartbeatComponents {
   node: EdgelinkNode
@@ -40,7 +53,7 @@ export interface HeartbeatComponents {
 
 export class Heartbeats {
   private readonly c: HeartbeatComponents
-  private readonly out = new Map<string, Stream>()
+  private readonly out = new Map<string, Outbound>()
   private readonly opening = new Set<string>()
   private readonly inbound = new Set<Stream>()
   private timer?: NodeJS.Timeout
@@ -62,7 +75,7 @@ export class Heartbeats {
     this.running = false
     clearInterval(this.timer)
     await this.c.node.unhandle(ALIVE_PROTOCOL)
-    for (const s of [...this.out.values(), ...this.inbound]) s.abort(new Error('agent stopping'))
+    for (const s of [...[...this.out.values()].map(o => o.stream), ...this.inbound]) s.abort(new Error('agent stopping'))
     this.out.clear()
     this.inbound.clear()
   }
@@ -82,19 +95,33 @@ export class Heartbeats {
   follow (): Array<[string, Stream]> {
     if (!this.running) return []
     const members = new Set(this.c.members())
-    for (const [peer, s] of this.out) {
+    const now = Date.now()
+    for (const [peer, o] of this.out) {
       if (!members.has(peer)) {
         this.out.delete(peer)
-        s.abort(new Error('no longer a member'))
+        o.stream.abort(new Error('no longer a member'))
+      } else if (now - o.lastEcho > STALE_BEATS * this.c.intervalMs) {
+        this.replace(peer, o)
       }
     }
     const open: Array<[string, Stream]> = []
     for (const peer of members) {
-      const s = this.out.get(peer)
-      if (s == null) this.open(peer)
-      else open.push([peer, s])
+      const o = this.out.get(peer)
+      if (o == null) this.open(peer)
+      else open.push([peer, o.stream])
     }
     return open
+  }
+
+  /** No echo for a while: a new stream, and a new connection if this one looks dead. */
+  private replace (peer: string, o: Outbound): void {
+    this.out.delete(peer)
+    o.stream.abort(new Error('no echo'))
+    const others = this.c.node.getConnections(peerIdFromString(peer)).filter(c => c !== o.connection && c.status === 'open')
+    if (others.length > 0) {
+      this.c.log.debug({ peer, connection: o.connection.id }, 'closing a connection that carried no heartbeat echo')
+      o.connection.close().catch(() => { o.connection.abort(new Error('no heartbeat echo')) })
+    }
   }
 
   private beat (peer: string, s: Stream): void {
@@ -103,7 +130,7 @@ export class Heartbeats {
       s.send(BEAT)
     } catch (err) {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'heartbeat stream failed')
-      if (this.out.get(peer) === s) this.out.delete(peer)
+      if (this.out.get(peer)?.stream === s) this.out.delete(peer)
       s.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
@@ -122,10 +149,15 @@ export class Heartbeats {
           stream.abort(new Error('not needed'))
           return
         }
-        this.out.set(peer, stream)
-        stream.addEventListener('close', () => { if (this.out.get(peer) === stream) this.out.delete(peer) })
-        // The remote never writes on this stream; anything it sends is dropped unread.
-        stream.addEventListener('message', () => {})
+        const conn = this.c.node.getConnections(id).find(c => c.streams.includes(stream)) ?? this.c.node.getConnections(id)[0]
+        const o: Outbound = { stream, connection: conn, lastEcho: Date.now() }
+        this.out.set(peer, o)
+        stream.addEventListener('close', () => { if (this.out.get(peer) === o) this.out.delete(peer) })
+        // Echoes: a round trip, so the member is heard too.
+        stream.addEventListener('message', () => {
+          o.lastEcho = Date.now()
+          if (this.c.isMember(peer)) this.c.heard(peer)
+        })
         this.beat(peer, stream)
       }, (err: unknown) => {
         this.c.log.trace({ peer, err: errorMessage(err) }, 'cannot open heartbeat stream')
@@ -157,6 +189,10 @@ export class Heartbeats {
         return
       }
       this.c.heard(peer)
+      // Echo one byte, whatever arrived: skipped, not queued, if the sender stopped reading.
+      if (stream.status === 'open' && !stream.writableNeedsDrain) {
+        try { stream.send(BEAT) } catch { /* the stream closed meanwhile */ }
+      }
     })
     this.c.heard(peer)
   }

@@ -280,6 +280,18 @@ describe('liveness heartbeats', () => {
     await until(() => leader.hostState.memberLiveness(f1.peerId).liveness === 'alive', 5000)
   })
 
+  it('a heartbeat stream that carries no echo is replaced by a new one', async () => {
+    // f1 turns into a black hole: it accepts heartbeat streams and reads them, never echoing.
+    await f1.node.unhandle(ALIVE_PROTOCOL)
+    let accepted = 0
+    await f1.node.handle(ALIVE_PROTOCOL, (stream) => { accepted++; stream.addEventListener('message', () => {}) })
+    for (const c of leader.node.getConnections(f1.node.peerId)) for (const s of c.streams) if (s.protocol === ALIVE_PROTOCOL) s.abort(new Error('test'))
+    await until(() => accepted >= 1, 5000)
+    // No echo for STALE_BEATS intervals: the leader gives up on the stream and opens another.
+    await until(() => accepted >= 2, 5000)
+    expect(leader.status).toBe('running')
+  })
+
   it('a non-member\'s heartbeat stream is reset and does not make it a member', async () => {
     await outsider.dial(leader.node.getMultiaddrs()[0].toString())
     expect(await sendAndAwaitReset(outsider, leader, new Uint8Array([HEARTBEAT]))).toBe(true)
