@@ -85,7 +85,12 @@ export class Heartbeats {
 
   /** One beat to every member; open a stream to members that have none. */
   tick (): void {
-    for (const [peer, s] of this.follow()) this.beat(peer, s)
+    try {
+      for (const [peer, s] of this.follow()) this.beat(peer, s)
+    } catch (err) {
+      // A timer callback: whatever went wrong must not take the agent down.
+      this.c.log.warn({ err: errorMessage(err) }, 'heartbeat round failed')
+    }
   }
 
   /**
@@ -140,16 +145,16 @@ export class Heartbeats {
     // membership sync's job (protocols/roster.md), and a member we are not connected
     // to is not heard, which is what liveness should say.
     if (this.opening.has(peer)) return
-    const id = peerIdFromString(peer)
-    if (this.c.node.getConnections(id).length === 0) return
+    // The newest open connection: an older one may be the half-open kind replace() closes.
+    const conn = this.c.node.getConnections(peerIdFromString(peer)).filter(c => c.status === 'open').at(-1)
+    if (conn == null) return
     this.opening.add(peer)
-    this.c.node.dialProtocol(id, ALIVE_PROTOCOL, { signal: AbortSignal.timeout(Math.max(this.c.intervalMs, 1000)) })
+    conn.newStream(ALIVE_PROTOCOL, { signal: AbortSignal.timeout(Math.max(this.c.intervalMs, 1000)) })
       .then(stream => {
         if (!this.running || !this.c.members().includes(peer) || this.out.has(peer)) {
           stream.abort(new Error('not needed'))
           return
         }
-        const conn = this.c.node.getConnections(id).find(c => c.streams.includes(stream)) ?? this.c.node.getConnections(id)[0]
         const o: Outbound = { stream, connection: conn, lastEcho: Date.now() }
         this.out.set(peer, o)
         stream.addEventListener('close', () => { if (this.out.get(peer) === o) this.out.delete(peer) })
