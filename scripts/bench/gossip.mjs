@@ -350,24 +350,27 @@ async function statusChange (lab, events, target, seq) {
   const targetId = lab.ids.get(target)
   const expected = (lab.versions.get(target) ?? 0) + 1
   const seen = new Map()
-  let deadlineTimer
-  const allSeen = new Promise((resolve) => {
-    const off = events.on((h, e) => {
-      if (e.type !== 'status' || e.peer !== targetId || seen.has(h) || h === target) return
-      if (e.settings.version >= expected && e.settings.state === 'applied') {
-        seen.set(h, { obs: Date.parse(e.receivedAt), at: Date.parse(e.statusAt), via: e.via })
-        if (seen.size === viewers.length) { off(); resolve() }
-      }
-    })
-    // Whatever has not arrived CAP_MS after the leader answered counts as missed.
-    lab.stopWaiting = () => { off(); resolve() }
+  let done
+  const allSeen = new Promise((resolve) => { done = resolve })
+  const off = events.on((h, e) => {
+    if (e.type !== 'status' || e.peer !== targetId || seen.has(h) || h === target) return
+    if (e.settings.version >= expected && e.settings.state === 'applied') {
+      seen.set(h, { obs: Date.parse(e.receivedAt), at: Date.parse(e.statusAt), via: e.via })
+      if (seen.size === viewers.length) done()
+    }
   })
-  const r = await lab.post('h1', '/api/v1/settings', { host: target, settings: { bench: String(seq) } })
-  if (r.version !== expected) { lab.stopWaiting(); throw new Error(`settings for ${target} got version ${r.version}, expected ${expected}`) }
-  lab.versions.set(target, r.version)
-  deadlineTimer = setTimeout(() => lab.stopWaiting(), CAP_MS)
-  await allSeen
-  clearTimeout(deadlineTimer)
+  let deadline
+  try {
+    const r = await lab.post('h1', '/api/v1/settings', { host: target, settings: { bench: String(seq) } })
+    if (r.version !== expected) throw new Error(`settings for ${target} got version ${r.version}, expected ${expected}`)
+    lab.versions.set(target, r.version)
+    // Whatever has not arrived CAP_MS after the leader answered counts as missed.
+    deadline = setTimeout(done, CAP_MS)
+    await allSeen
+  } finally {
+    clearTimeout(deadline)
+    off()
+  }
   return { viewers, seen }
 }
 

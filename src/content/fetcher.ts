@@ -1,6 +1,6 @@
 /**
  * Fetching one catalog item by swarming: ask every member which chunks it holds
- * (GET_HAVE, refreshed every second), and keep a few worker streams per member busy
+ * (GET_HAVE, refreshed every `haveIntervalMs`), and keep a few worker streams per member busy
  * with chunks that member holds, rarest first (BitTorrent's rule): from the leader a
  * follower takes chunks no other member has yet, from a follower the chunks that
  * follower has, so followers that sync at the same time fetch different chunks from
@@ -59,6 +59,8 @@ export class ItemFetch {
   private readonly have = new Map<string, Uint8Array>()
   /** How many members hold each chunk, as of the last GET_HAVE round. */
   private rarity = new Uint16Array(0)
+  /** Members that could serve a chunk, as of the last spawnWorkers (see FetchOptions.perPeer). */
+  private servers = 1
   private readonly inFlight = new Set<number>()
   private readonly workers = new Map<string, number>()
   private readonly faults = new Map<string, number>()
@@ -112,7 +114,6 @@ export class ItemFetch {
       }
     }))
     this.countHolders()
-    this.servers = this.holders()
     this.wake()
   }
 
@@ -136,8 +137,6 @@ export class ItemFetch {
   private perPeerNow (): number {
     return Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.servers))))
   }
-
-  private servers = 1
 
   private spawnWorkers (): void {
     this.servers = this.holders()
