@@ -48,7 +48,7 @@ import { Mutex } from '../util/mutex.js'
 import { countBits, emptyBitmap, fullBitmap, getBit, missingBytes } from './bitmap.js'
 import { BLOB_PREFIX, hexOf, loadEntry, MANIFEST_PREFIX, nextKey, record, type Entry, type LoadContext, type State } from './blob-index.js'
 import { InsufficientSpaceError, tooLarge } from './errors.js'
-import { equalBytes, fsyncDir, readAt } from './files.js'
+import { equalBytes, fsyncDir, ReadHandles } from './files.js'
 import { receive, type IngestOptions } from './ingest.js'
 import { chunkLength, encodeManifest, MAX_CONTENT_SIZE, type ManifestView } from './manifest.js'
 import { OpenPartial, type PartialBlob, type PartialHost } from './partial.js'
@@ -80,6 +80,8 @@ export class BlobStore {
   private readonly getFreeSpace: () => Promise<number>
   private readonly host: PartialHost
   private readonly index = new Map<string, Entry>()
+  /** Open read handles for serving chunks; forgotten whenever a path's file is removed, replaced or renamed. */
+  private readonly reads = new ReadHandles()
   /** Serialises index changes (records, renames); never held while hashing or copying a whole file. */
   private readonly lock = new Mutex()
 
@@ -94,6 +96,7 @@ export class BlobStore {
 
   /** Create the directories, delete interrupted uploads, and load the index, trusting only what checks out on disk. */
   async init (): Promise<void> {
+    this.reads.closeAll()
     for (const dir of [this.root, this.dirs.complete, this.dirs.partial, this.dirs.tmp]) await mkdir(dir, { recursive: true, mode: 0o700 })
     for (const name of await readdir(this.dirs.tmp)) {
       this.log.info({ file: name }, 'deleting an interrupted upload')
@@ -110,6 +113,11 @@ export class BlobStore {
     }
     await this.sweep(this.dirs.complete, 'complete')
     await this.sweep(this.dirs.partial, 'partial')
+  }
+
+  /** Close the read handles kept for serving (stop). The store stays usable. */
+  close (): void {
+    this.reads.closeAll()
   }
 
   /** The digest is held complete. */
@@ -192,6 +200,7 @@ export class BlobStore {
       let bitmap = resume && held != null ? held.bitmap : emptyBitmap(manifest.chunks.length)
       await this.ensureSpace(missingBytes(manifest, bitmap))
       const file = join(this.dirs.partial, hexOf(digest))
+      this.reads.forget(file)
       let fh: FileHandle
       try {
         fh = await open(file, resume ? 'r+' : 'w+', 0o600)
@@ -228,11 +237,11 @@ export class BlobStore {
     if (e.state !== 'complete') {
       const held = e.open != null ? e.open.has(index) : getBit(e.bitmap, index)
       if (!held) return undefined
-      const data = await readAt(join(this.dirs.partial, hexOf(digest)), position, length)
+      const data = await this.reads.readAt(join(this.dirs.partial, hexOf(digest)), position, length)
       if (data != null || !this.has(digest)) return data
       // Completed (renamed) between the check and the read.
     }
-    return await readAt(this.path(digest), position, length)
+    return await this.reads.readAt(this.path(digest), position, length)
   }
 
   /** Forget a digest: complete file, partial file, index entry and manifest. An open transfer of it is closed. */
@@ -244,6 +253,8 @@ export class BlobStore {
       this.index.delete(digest)
       // Index first: a crash before the files go leaves orphans, which init deletes.
       await this.db.batch([{ type: 'del', key: BLOB_PREFIX + digest }, { type: 'del', key: MANIFEST_PREFIX + digest }])
+      this.reads.forget(join(this.dirs.complete, hex))
+      this.reads.forget(join(this.dirs.partial, hex))
       await rm(join(this.dirs.complete, hex), { force: true })
       await rm(join(this.dirs.partial, hex), { force: true })
     })
@@ -283,6 +294,7 @@ export class BlobStore {
       // A transfer of the same content was under way: the upload supersedes it.
       existing.state = 'complete'
       await existing.open?.abandon()
+      this.reads.forget(join(this.dirs.partial, hexOf(digest)))
       await rm(join(this.dirs.partial, hexOf(digest)), { force: true })
     }
     return manifest
@@ -333,6 +345,7 @@ export class BlobStore {
       entry.state = 'completing'
       await this.db.put(key, record(entry))
       try {
+        this.reads.forget(join(this.dirs.partial, hexOf(entry.digest)))
         await rename(join(this.dirs.partial, hexOf(entry.digest)), this.path(entry.digest))
       } catch (err) {
         entry.state = 'partial'

@@ -5,7 +5,7 @@
  * follower takes chunks no other member has yet, from a follower the chunks that
  * follower has, so followers that sync at the same time fetch different chunks from
  * the leader and then serve each other, and the leader's link is not the bottleneck.
- * Ties are broken at random. Every chunk is
+ * Ties are broken at random among the first few missing chunks. Every chunk is
  * checked against the manifest before it is written; a member that sends wrong bytes
  * is counted and, after a few faults, left out for a while; a member that stalls loses
  * its stream and the chunk goes back to the pool. Memory: at most one chunk per worker.
@@ -17,6 +17,9 @@ import { errorMessage } from '../errors.js'
 import { ChunkMismatchError, type PartialBlob } from './blobs.js'
 import { chunkLength } from './manifest.js'
 import { SyncSession } from './sync-protocol.js'
+
+/** Ties for the rarest chunk are broken at random among the first this many. */
+const TIE_WINDOW = 16
 
 export interface FetchOptions {
   /**
@@ -166,7 +169,9 @@ export class ItemFetch {
       const r = this.rarity[i] ?? 0
       if (r < best) { best = r; ties = [i] } else if (r === best) ties.push(i)
     }
-    return ties.length === 0 ? undefined : ties[Math.floor(Math.random() * ties.length)]
+    // Among the first few ties (missing() is ascending): roughly in order, so the whole-file
+    // hash keeps up with the transfer (see partial.ts), yet two members rarely ask for the same chunk.
+    return ties.length === 0 ? undefined : ties[Math.floor(Math.random() * Math.min(ties.length, TIE_WINDOW))]
   }
 
   private async worker (peer: string): Promise<void> {
@@ -178,6 +183,8 @@ export class ItemFetch {
       this.have.delete(peer)
       return
     }
+    // One chunk buffer per worker, reused (memory: at most one chunk per worker).
+    let buf: Uint8Array | undefined
     try {
       for (;;) {
         if (this.signal.aborted) return
@@ -187,7 +194,8 @@ export class ItemFetch {
         if (index == null) return
         this.inFlight.add(index)
         try {
-          const data = await session.chunk(this.partial.digest, index, chunkLength(this.partial.manifest, index))
+          buf ??= new Uint8Array(Math.min(this.partial.manifest.chunkSize, Math.max(this.partial.manifest.size, 1)))
+          const data = await session.chunk(this.partial.digest, index, chunkLength(this.partial.manifest, index), buf)
           this.d.received(peer, data.length)
           await this.partial.writeChunk(index, data)
           this.d.progress()

@@ -3,8 +3,16 @@
  * their offsets in partial/<hex>, recorded in the bitmap only once durable, and the
  * finished file is verified as a whole before it becomes complete. See the
  * crash-safety notes in blobs.ts.
+ *
+ * The whole-file digest is computed while the transfer runs: as soon as chunk k is
+ * written and chunks 0..k-1 were hashed, chunk k is read back from the file and fed to
+ * one running SHA-256 (the prefix hash). The fetcher takes chunks roughly in order, so by
+ * the time the last chunk lands almost the whole file is hashed, and completing costs a
+ * chunk or two rather than a second pass over the file at the end. It reads the bytes back
+ * from the file, not from the buffer that was checked: the whole-file check is about
+ * what the file holds.
  */
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
 import type { Logger } from '../agent/logger.js'
 import { EdgelinkError } from '../errors.js'
@@ -12,7 +20,7 @@ import { Mutex } from '../util/mutex.js'
 import { clearBit, countBits, getBit, setBit } from './bitmap.js'
 import type { Entry } from './blob-index.js'
 import { ChunkMismatchError, DigestMismatchError } from './errors.js'
-import { equalBytes, readFully, sha256, writeFully } from './files.js'
+import { equalBytes, readFully, sha256, sha256Async, writeFully } from './files.js'
 import { chunkLength, type ManifestView } from './manifest.js'
 
 export interface PartialBlob {
@@ -23,6 +31,8 @@ export interface PartialBlob {
   /** Indices of the chunks not held, ascending. */
   missing: () => number[]
   readonly have: number
+  /** Chunks [0, hashed) are in the running whole-file hash (read back from the file). */
+  readonly hashed: number
   /** Verify against the manifest (ChunkMismatchError, nothing written) and write at its offset. */
   writeChunk: (index: number, data: Uint8Array) => Promise<void>
   /** Make written chunks durable (fdatasync), then record them in the bitmap. A crash loses at most unflushed chunks. */
@@ -57,6 +67,13 @@ export class OpenPartial implements PartialBlob {
   private readonly inflight = new Set<Promise<void>>()
   private readonly flushLock = new Mutex()
   private closed = false
+  /** SHA-256 of chunks [0, prefix) as read back from the file (see the top of this file). */
+  private whole: Hash = createHash('sha256')
+  private prefix = 0
+  /** The prefix hash could not read the file; completing hashes the file from the start. */
+  private prefixFailed = false
+  private pumping: Promise<void> | undefined
+  private readBuf: Buffer | undefined
 
   /** `fh` undefined: the blob is already complete. */
   constructor (host: PartialHost, entry: Entry, fh: FileHandle | undefined) {
@@ -89,6 +106,10 @@ export class OpenPartial implements PartialBlob {
     return out
   }
 
+  get hashed (): number {
+    return this.done ? this.manifest.chunks.length : this.prefix
+  }
+
   heldBitmap (): Uint8Array {
     return this.held
   }
@@ -96,7 +117,7 @@ export class OpenPartial implements PartialBlob {
   async writeChunk (index: number, data: Uint8Array): Promise<void> {
     const length = chunkLength(this.manifest, index)
     if (data.length !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${data.length} bytes; the manifest says ${length}`)
-    if (!equalBytes(sha256(data), this.manifest.chunks[index])) {
+    if (!equalBytes(await sha256Async(data), this.manifest.chunks[index])) {
       throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
     }
     if (this.done || getBit(this.held, index)) return
@@ -112,6 +133,35 @@ export class OpenPartial implements PartialBlob {
       setBit(this.held, index)
       this.count++
       this.pending.add(index)
+    }
+    if (getBit(this.held, this.prefix)) void this.pump()
+  }
+
+  /** Feed the prefix hash every written chunk that continues it; one reader at a time. Never rejects. */
+  private async pump (): Promise<void> {
+    if (this.pumping != null) return await this.pumping
+    const run = this.runPump()
+    this.pumping = run
+    void run.finally(() => { if (this.pumping === run) this.pumping = undefined })
+    await run
+  }
+
+  private async runPump (): Promise<void> {
+    try {
+      const m = this.manifest
+      while (!this.closed && !this.done && !this.prefixFailed && this.prefix < m.chunks.length && getBit(this.held, this.prefix)) {
+        const length = chunkLength(m, this.prefix)
+        this.readBuf ??= Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
+        const buf = this.readBuf.subarray(0, length)
+        if (await readFully(this.openHandle(), buf, this.prefix * m.chunkSize) !== length) throw new Error(`chunk ${this.prefix} is short on disk`)
+        this.whole.update(buf)
+        this.prefix++
+      }
+    } catch (err) {
+      if (!this.closed) {
+        this.prefixFailed = true
+        this.host.log.debug({ digest: this.digest, err: (err as Error).message }, 'prefix hash stopped; the whole file is hashed when complete')
+      }
     }
   }
 
@@ -150,7 +200,7 @@ export class OpenPartial implements PartialBlob {
 
   private async verifyAndPromote (): Promise<void> {
     const fh = this.openHandle()
-    const bad = await verifyFile(fh, this.manifest)
+    const bad = await this.verifyWhole(fh)
     if (bad.length > 0) {
       for (const i of bad) {
         clearBit(this.entry.bitmap, i)
@@ -162,6 +212,30 @@ export class OpenPartial implements PartialBlob {
     }
     await fh.sync()
     await this.host.promote(this.entry)
+  }
+
+  /** [] if the file matches its digest, else the chunks to fetch again (see badChunks). */
+  private async verifyWhole (fh: FileHandle): Promise<number[]> {
+    const n = this.manifest.chunks.length
+    if (this.prefixFailed) {
+      this.prefixFailed = false
+      this.restartPrefix()
+    }
+    for (;;) {
+      if (this.pumping != null) { await this.pumping; continue }
+      const before = this.prefix
+      await this.pump()
+      if (this.prefixFailed || this.prefix === n || this.prefix === before) break
+    }
+    const ok = !this.prefixFailed && this.prefix === n && `sha256:${this.whole.digest('hex')}` === this.manifest.digest
+    this.restartPrefix()
+    this.readBuf = undefined
+    return ok ? [] : await badChunks(fh, this.manifest)
+  }
+
+  private restartPrefix (): void {
+    this.whole = createHash('sha256')
+    this.prefix = 0
   }
 
   async close (): Promise<void> {
@@ -184,6 +258,8 @@ export class OpenPartial implements PartialBlob {
   }
 
   private async releaseHandle (): Promise<void> {
+    this.readBuf = undefined
+    await this.pumping
     const fh = this.fh
     this.fh = undefined
     await fh?.close()
@@ -191,22 +267,12 @@ export class OpenPartial implements PartialBlob {
 }
 
 /**
- * Check a whole partial file against its digest; returns [] if it matches. Otherwise
- * reads it again chunk by chunk and returns the chunks that do not match their hash
- * (all of them if every chunk matches and only the whole digest fails). One SHA-256
- * pass in the normal case: every chunk was already checked when it arrived.
+ * The whole digest did not match: read the file again chunk by chunk and return the
+ * chunks that do not match their hash (all of them if every chunk matches and only the
+ * whole digest fails).
  */
-async function verifyFile (fh: FileHandle, m: ManifestView): Promise<number[]> {
-  const whole = createHash('sha256')
+async function badChunks (fh: FileHandle, m: ManifestView): Promise<number[]> {
   const buf = Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
-  let short = false
-  for (let i = 0; i < m.chunks.length; i++) {
-    const length = chunkLength(m, i)
-    const read = await readFully(fh, buf.subarray(0, length), i * m.chunkSize)
-    if (read !== length) short = true
-    whole.update(buf.subarray(0, read))
-  }
-  if (!short && `sha256:${whole.digest('hex')}` === m.digest) return []
   const bad: number[] = []
   for (let i = 0; i < m.chunks.length; i++) {
     const length = chunkLength(m, i)

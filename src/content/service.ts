@@ -122,6 +122,7 @@ export class ContentService implements ContentHooks, SyncServer {
     // Each fetch flushes its verified chunks on the way out; the store must still be open.
     await Promise.allSettled([...this.inflight])
     await this.c.node.unhandle(SYNC_PROTOCOL)
+    this.blobs.close()
   }
 
   // ---- operator ---------------------------------------------------------------

@@ -139,15 +139,25 @@ export class SyncSession {
     return r.bitmap
   }
 
-  /** The chunk's bytes as sent (unverified: the caller checks them against the manifest). */
-  async chunk (digest: string, index: number, expectedLength: number): Promise<Uint8Array> {
+  /**
+   * The chunk's bytes as sent (unverified: the caller checks them against the manifest),
+   * copied into `into` when given (a worker reuses one buffer: no megabyte allocated and
+   * collected per chunk), else into a new buffer.
+   */
+  async chunk (digest: string, index: number, expectedLength: number, into?: Uint8Array): Promise<Uint8Array> {
     const r = await this.ask({ type: SyncRequestType.GET_CHUNK, digest, index })
     if (r.length !== expectedLength) {
       this.fail(new Error(`peer announced a chunk of ${r.length} bytes, expected ${expectedLength}`))
     }
     const frame = await this.read()
     if (frame.byteLength !== expectedLength) this.fail(new Error(`peer sent ${frame.byteLength} bytes, expected ${expectedLength}`))
-    return frame.subarray()
+    if (into == null || into.length < expectedLength) return frame.subarray()
+    let offset = 0
+    for (const piece of frame) {
+      into.set(piece, offset)
+      offset += piece.length
+    }
+    return into.subarray(0, expectedLength)
   }
 
   close (): void {

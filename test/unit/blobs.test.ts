@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statfsSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -79,6 +79,19 @@ async function errorOf (p: Promise<unknown>): Promise<Error & { code?: string }>
 /** Byte equality without vitest's element-by-element diffing (slow on MiB arrays). */
 function same (a: Uint8Array | undefined, b: Uint8Array): boolean {
   return a != null && Buffer.compare(a, b) === 0
+}
+
+/** The files this process has open (what /proc/self/fd points at). */
+function openFds (): string[] {
+  return readdirSync('/proc/self/fd').flatMap(fd => { try { return [readlinkSync(join('/proc/self/fd', fd))] } catch { return [] } })
+}
+
+async function waitFor (cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time')
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
 }
 
 function ls (dir: string): string[] {
@@ -314,6 +327,65 @@ describe('BlobStore partial transfers', () => {
     expect(p.missing()).toEqual([0, 1, 2, 3, 4, 5])
     expect(blobs.bitmap(lying.digest)).toEqual(new Uint8Array([0]))
     await p.close()
+  })
+
+  it('hashes the whole file while chunks arrive, reading them back from the file in order', async () => {
+    const blobs = await openBlobs(freshEnv())
+    const p = await blobs.openPartial(m)
+    await writeAll(p, data, [2, 1])
+    expect(p.hashed).toBe(0) // chunk 0 is missing: nothing continues the prefix
+    await writeAll(p, data, [0, 4])
+    await waitFor(() => p.hashed === 3)
+    await writeAll(p, data, [3, 5])
+    await waitFor(() => p.hashed === 6)
+    await p.complete()
+    await p.close()
+    expect(blobs.has(m.digest)).toBe(true)
+  })
+
+  it('checks the whole digest against the file on disk: a chunk changed there after its check is fetched again', async () => {
+    const env = freshEnv()
+    const blobs = await openBlobs(env)
+    const p = await blobs.openPartial(m)
+    await writeAll(p, data, [1, 2, 3, 4, 5])
+    // Behind the store's back (a disk fault, another process): chunk 2 changes on disk before the prefix hash reads it.
+    const fd = openSync(join(env.blobs, 'partial', m.digest.slice(7)), 'r+')
+    writeSync(fd, Buffer.from('corrupt'), 0, 7, 2 * CHUNK_SIZE + 10)
+    closeSync(fd)
+    await writeAll(p, data, [0])
+    const err = await errorOf(p.complete())
+    expect(err.name).toBe('DigestMismatchError')
+    expect(p.missing()).toEqual([2])
+    expect(blobs.has(m.digest)).toBe(false)
+    await writeAll(p, data, [2])
+    await p.complete()
+    await p.close()
+    expect(sha256hex(readFileSync(blobs.path(m.digest)))).toBe(m.digest.slice(7))
+  })
+
+  it('reads served chunks through a kept handle that is let go when the file is removed', async () => {
+    const env = freshEnv()
+    const blobs = await openBlobs(env)
+    // Two transfers of one digest with different bytes (the first one's manifest lied): the second must be served its own bytes.
+    const other = randomBytes(data.length)
+    const lying = { ...manifestOf(other), digest: m.digest }
+    const first = await blobs.openPartial(lying)
+    await writeAll(first, other, [0])
+    expect(same(await blobs.readChunk(m.digest, 0), chunkOf(other, lying, 0))).toBe(true)
+    const file = join(env.blobs, 'partial', m.digest.slice(7))
+    expect(openFds().filter(f => f === file).length).toBeGreaterThan(1) // the transfer's handle and the kept read handle
+    await blobs.remove(m.digest)
+    await first.close()
+    await waitFor(() => !openFds().some(f => f.startsWith(file)))
+    const second = await blobs.openPartial(m)
+    await writeAll(second, data, [0])
+    expect(same(await blobs.readChunk(m.digest, 0), chunkOf(data, m, 0))).toBe(true)
+    await writeAll(second, data, second.missing())
+    await second.complete()
+    await second.close()
+    expect(same(await blobs.readChunk(m.digest, 5), chunkOf(data, m, 5))).toBe(true)
+    blobs.close()
+    await waitFor(() => !openFds().some(f => f.startsWith(join(env.blobs, 'sha256'))))
   })
 
   it('lets an upload of the same content supersede a transfer in progress', async () => {
