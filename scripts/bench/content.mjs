@@ -52,6 +52,7 @@
  *   --fanout=N          figure 3 followers (default 4)
  *   --rate=RATE         figure 3 link rate, tc units (default 40mbit)
  *   --only=LIST         comma-separated parts to run: throughput,rss,fanout (default all)
+ *   --trace=1           figure 3: log what each host served every second (who idles)
  *   --profile=DIR       one more figure-1 transfer with `node --cpu-prof` on both agents;
  *                       the .cpuprofile files and a summary (self time by function and
  *                       by area: noise, yamux, sha256, fs, GC, ...) go to DIR
@@ -603,6 +604,22 @@ async function connected (hosts, n) {
   }
 }
 
+/** --trace=1: every second, what each host served in that second (MB/s), to see who idles. */
+function traceServed (ctx, hosts, servedBy, t0) {
+  let last = null
+  let busy = false
+  const timer = setInterval(async () => {
+    if (busy) return
+    busy = true
+    try {
+      const cur = await Promise.all(hosts.map(async h => await servedBy(h)))
+      if (last != null) ctx.log(`  t=${((now() - t0) / 1000).toFixed(1)} s served MB/s: ${cur.map((v, i) => `${hosts[i].name} ${((v - last[i]) / 1e6).toFixed(1)}`).join(', ')}`)
+      last = cur
+    } catch {} finally { busy = false }
+  }, 1000)
+  return { stop: () => { clearInterval(timer) } }
+}
+
 async function fanout (ctx, { size, followers: nf, rate, runs, tmp }) {
   const lab = new BenchLab(1 + nf)
   const file = randomFile(join(tmp, `edgelink-bench-fanout-${process.pid}`), size)
@@ -638,7 +655,8 @@ async function fanout (ctx, { size, followers: nf, rate, runs, tmp }) {
       const s0 = await servedBy(leader)
       const item = await upload(leader.socket, file, `fan-${r}`)
       const t1 = now()
-      const done = await waitComplete(followers, item.digest, { timeoutMs: 15 * 60_000, what: 'fan-out transfer' })
+      const trace = ctx.options.trace != null ? traceServed(ctx, hosts, servedBy, t1) : undefined
+      const done = await waitComplete(followers, item.digest, { timeoutMs: 15 * 60_000, what: 'fan-out transfer' }).finally(() => trace?.stop())
       const times = [...done.values()].map(t => t - t1)
       all.push(Math.max(...times))
       spreadMs.push(Math.max(...times) - Math.min(...times))

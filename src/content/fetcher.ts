@@ -16,7 +16,7 @@ import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import { ChunkMismatchError, type PartialBlob } from './blobs.js'
 import { chunkLength } from './manifest.js'
-import { SyncSession } from './sync-protocol.js'
+import { SEED_HOLD_MS, SyncRefusedError, SyncSession, SyncStatus } from './sync-protocol.js'
 
 /** Ties for the rarest chunk are broken at random among the first this many. */
 const TIE_WINDOW = 16
@@ -60,8 +60,20 @@ export class ItemFetch {
   private readonly o: FetchOptions
   private readonly partial: PartialBlob
   private readonly have = new Map<string, Uint8Array>()
-  /** How many members hold each chunk, as of the last GET_HAVE round. */
+  /** What each member said it is fetching now (GET_HAVE's hint). */
+  private readonly fetchingAt = new Map<string, Uint8Array>()
+  /** How many members hold or are fetching each chunk, as of the last GET_HAVE round. */
   private rarity = new Uint16Array(0)
+  /** How many members that do not hold the whole file hold or are fetching each chunk. */
+  private viaPartial = new Uint16Array(0)
+  /** Every chunk is held here or by (or on its way to) a member still syncing: see available(). */
+  private endGame = false
+  /** Members that hold every chunk. */
+  private readonly seeds = new Set<string>()
+  /** Chunks a whole-file holder refused (SYNC_BUSY: sent to another member just now), until then. */
+  private readonly busyUntil = new Map<number, number>()
+  /** Members whose last chunk request failed (stalled, vanished), until then: not counted as a way to a chunk. */
+  private readonly failedUntil = new Map<string, number>()
   /** Members that could serve a chunk, as of the last spawnWorkers (see FetchOptions.perPeer). */
   private servers = 1
   private readonly inFlight = new Set<number>()
@@ -109,9 +121,12 @@ export class ItemFetch {
       let session: SyncSession | undefined
       try {
         session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs)
-        this.have.set(peer, await session.have(digest))
+        const { have, fetching } = await session.haveAndFetching(digest)
+        this.have.set(peer, have)
+        this.fetchingAt.set(peer, fetching)
       } catch {
         this.have.delete(peer)
+        this.fetchingAt.delete(peer)
       } finally {
         session?.close()
       }
@@ -123,10 +138,34 @@ export class ItemFetch {
   private countHolders (): void {
     const n = this.partial.manifest.chunks.length
     const counts = new Uint16Array(n)
-    for (const bits of this.have.values()) {
-      for (let i = 0; i < n; i++) if ((bits[i >> 3] & (1 << (i & 7))) !== 0) counts[i]++
+    const partial = new Uint16Array(n)
+    this.seeds.clear()
+    const now = Date.now()
+    for (const [peer, bits] of this.have) {
+      const seed = countSet(bits, n) === n
+      if (seed) this.seeds.add(peer)
+      const usable = (this.bannedUntil.get(peer) ?? 0) <= now && (this.failedUntil.get(peer) ?? 0) <= now
+      const fetching = this.fetchingAt.get(peer)
+      for (let i = 0; i < n; i++) {
+        const mask = 1 << (i & 7)
+        const holds = (bits[i >> 3] & mask) !== 0 || (fetching != null && (fetching[i >> 3] & mask) !== 0)
+        if (!holds) continue
+        counts[i]++
+        if (!seed && usable) partial[i]++
+      }
     }
     this.rarity = counts
+    this.viaPartial = partial
+    let covered = true
+    for (let i = 0; i < n && covered; i++) if (partial[i] === 0 && !this.partial.has(i)) covered = false
+    this.endGame = covered
+  }
+
+  /** Chunks in flight here, as a bitmap (what GET_HAVE tells others this host is fetching). */
+  fetchingBitmap (): Uint8Array {
+    const bits = new Uint8Array(Math.ceil(this.partial.manifest.chunks.length / 8))
+    for (const i of this.inFlight) bits[i >> 3] |= 1 << (i & 7)
+    return bits
   }
 
   /** Members that are not banned and hold a chunk we miss that nobody is fetching. */
@@ -137,17 +176,19 @@ export class ItemFetch {
   }
 
   /** Workers per member now (see FetchOptions.perPeer). */
-  private perPeerNow (): number {
-    return Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.servers))))
+  private perPeerNow (peer?: string): number {
+    const spread = Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.servers, this.have.size))))
+    // A member still syncing gets two: it has few chunks to offer and learns of requests late,
+    // so a second request keeps its link busy while the first one's answer is on the way.
+    return peer != null && !this.seeds.has(peer) ? Math.max(spread, Math.min(2, this.o.perPeer)) : spread
   }
 
   private spawnWorkers (): void {
     this.servers = this.holders()
-    const perPeer = this.perPeerNow()
     let running = [...this.workers.values()].reduce((a, b) => a + b, 0)
     for (const peer of shuffle([...this.have.keys()])) {
       if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) continue
-      while ((this.workers.get(peer) ?? 0) < perPeer && running < this.o.total && this.available(peer) != null) {
+      while ((this.workers.get(peer) ?? 0) < this.perPeerNow(peer) && running < this.o.total && this.available(peer) != null) {
         this.workers.set(peer, (this.workers.get(peer) ?? 0) + 1)
         running++
         void this.worker(peer).finally(() => {
@@ -158,20 +199,37 @@ export class ItemFetch {
     }
   }
 
-  /** A missing chunk this member holds and nobody is fetching: the rarest, ties at random. */
+  /**
+   * A missing chunk this member holds and nobody here is fetching: the rarest, ties at
+   * random. From a member that holds the whole file (the leader, typically), not a chunk
+   * that a member still syncing holds or is fetching: that one gets it from there, and
+   * the whole-file holder's link goes to chunks nobody else has (what makes a fan-out
+   * cost about one copy from the leader, not one per follower).
+   */
   private available (peer: string): number | undefined {
     const bits = this.have.get(peer)
     if (bits == null) return undefined
+    const missing = this.partial.missing()
+    // End game: once members still syncing hold (or are fetching) every chunk, the whole-file
+    // holder has nothing left that only it can give anyone; its link would idle while the
+    // syncing members serve each other the last chunks, so it is asked as well.
+    const seed = this.seeds.has(peer)
+    const now = Date.now()
+    const spareSeed = seed && !this.endGame
     let best = Infinity
     let ties: number[] = []
-    for (const i of this.partial.missing()) {
+    for (const i of missing) {
       if (this.inFlight.has(i) || (bits[i >> 3] & (1 << (i & 7))) === 0) continue
+      if (seed && (this.busyUntil.get(i) ?? 0) > now) continue
+      if (spareSeed && (this.viaPartial[i] ?? 0) > 0) continue
       const r = this.rarity[i] ?? 0
       if (r < best) { best = r; ties = [i] } else if (r === best) ties.push(i)
     }
-    // Among the first few ties (missing() is ascending): roughly in order, so the whole-file
-    // hash keeps up with the transfer (see partial.ts), yet two members rarely ask for the same chunk.
-    return ties.length === 0 ? undefined : ties[Math.floor(Math.random() * Math.min(ties.length, TIE_WINDOW))]
+    // From the only member there is, among the first few ties (missing() is ascending): roughly
+    // in order, so the whole-file hash keeps up with the transfer (see partial.ts). In a swarm,
+    // among all of them, so members syncing at once rarely ask the leader for the same chunk.
+    const window = this.have.size <= 1 ? TIE_WINDOW : ties.length
+    return ties.length === 0 ? undefined : ties[Math.floor(Math.random() * Math.min(ties.length, window))]
   }
 
   private async worker (peer: string): Promise<void> {
@@ -181,6 +239,8 @@ export class ItemFetch {
     } catch (err) {
       this.d.log.debug({ peer, err: errorMessage(err) }, 'cannot open a sync stream')
       this.have.delete(peer)
+      this.failedUntil.set(peer, Date.now() + this.o.chunkTimeoutMs)
+      this.countHolders()
       return
     }
     // One chunk buffer per worker, reused (memory: at most one chunk per worker).
@@ -189,7 +249,7 @@ export class ItemFetch {
       for (;;) {
         if (this.signal.aborted) return
         // More members can serve now: leave this one's extra streams to them.
-        if ((this.workers.get(peer) ?? 0) > this.perPeerNow()) return
+        if ((this.workers.get(peer) ?? 0) > this.perPeerNow(peer)) return
         const index = this.available(peer)
         if (index == null) return
         this.inFlight.add(index)
@@ -201,6 +261,12 @@ export class ItemFetch {
           this.d.progress()
           await this.maybeFlush()
         } catch (err) {
+          if (err instanceof SyncRefusedError && err.status === SyncStatus.SYNC_BUSY) {
+            // A whole-file holder sent it to another member just now: take it from there, and
+            // ask no whole-file holder for it while that holder would refuse anyway.
+            this.busyUntil.set(index, Date.now() + SEED_HOLD_MS)
+            continue
+          }
           if (err instanceof ChunkMismatchError) {
             const n = (this.faults.get(peer) ?? 0) + 1
             this.faults.set(peer, n)
@@ -214,8 +280,11 @@ export class ItemFetch {
             continue
           }
           this.d.log.info({ peer, index, err: errorMessage(err) }, 'chunk request failed; fetching it elsewhere')
-          // Forget what it holds until the next refresh: a stalled or vanished member gets no more work now.
+          // Forget what it holds until the next refresh: a stalled or vanished member gets no more work now,
+          // and for a while is no reason to pass over a whole-file holder.
           this.have.delete(peer)
+          this.failedUntil.set(peer, Date.now() + this.o.chunkTimeoutMs)
+          this.countHolders()
           return
         } finally {
           this.inFlight.delete(index)
@@ -235,6 +304,12 @@ export class ItemFetch {
       await this.partial.flush()
     }
   }
+}
+
+function countSet (bits: Uint8Array, n: number): number {
+  let c = 0
+  for (let i = 0; i < n; i++) if ((bits[i >> 3] & (1 << (i & 7))) !== 0) c++
+  return c
 }
 
 function shuffle<T> (xs: T[]): T[] {

@@ -20,11 +20,14 @@ import { Mutex } from '../util/mutex.js'
 import { BlobStore, InsufficientSpaceError } from './blobs.js'
 import { encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
 import { CONTENT_KINDS, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
-import { SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
+import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
 import { ItemFetch, type FetchOptions } from './fetcher.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { sameBytes } from '../util/bytes.js'
 import { contentNameProblem } from './names.js'
+
+/** Files of fewer chunks are sent to every member that asks (see claim()). */
+const SUPERSEED_MIN_CHUNKS = 16
 
 /** Retry an item that failed (no member has it yet, disk full, bad data) this often. */
 const RETRY_MS = 5_000
@@ -65,7 +68,7 @@ export interface ContentItemView extends CatalogItemView {
 
 interface LocalState { state: ItemState, error?: string }
 
-const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 500, maxFaults: 3, banMs: 60_000 }
+const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 250, maxFaults: 3, banMs: 60_000 }
 
 export class ContentService implements ContentHooks, SyncServer {
   private readonly c: ContentComponents
@@ -75,6 +78,9 @@ export class ContentService implements ContentHooks, SyncServer {
   private current?: SignedCatalog
   private readonly local = new Map<string, LocalState>()
   private readonly active = new Map<string, AbortController>()
+  private readonly claims = new ChunkClaims()
+  /** Running fetches by digest, so GET_HAVE can say which chunks are on their way here. */
+  private readonly fetches = new Map<string, ItemFetch>()
   /** Running fetches, so stop() can wait for their last flush before the store closes. */
   private readonly inflight = new Set<Promise<void>>()
   private readonly retries = new Map<string, NodeJS.Timeout>()
@@ -232,6 +238,22 @@ export class ContentService implements ContentHooks, SyncServer {
     return this.inCatalog(digest) ? this.blobs.bitmap(digest) : undefined
   }
 
+  claim (digest: string, index: number, peer: string): boolean {
+    // Only a host with the whole file super-seeds, and only files of many chunks (a small
+    // file is over before anyone could fetch it from a member that just got it); a member
+    // still syncing serves whoever asks.
+    if (!this.blobs.has(digest) || (this.blobs.manifest(digest)?.chunks.length ?? 0) < SUPERSEED_MIN_CHUNKS) return true
+    return this.claims.claim(digest, index, peer)
+  }
+
+  unclaim (digest: string, index: number, peer: string): void {
+    this.claims.unclaim(digest, index, peer)
+  }
+
+  fetching (digest: string): Uint8Array | undefined {
+    return this.fetches.get(digest)?.fetchingBitmap()
+  }
+
   async chunk (digest: string, index: number): Promise<Uint8Array | undefined> {
     return this.inCatalog(digest) ? await this.blobs.readChunk(digest, index) : undefined
   }
@@ -339,7 +361,7 @@ export class ContentService implements ContentHooks, SyncServer {
     const partial = await this.blobs.openPartial(manifest)
     try {
       let lastPublish = 0
-      await new ItemFetch({
+      const fetch = new ItemFetch({
         node: this.c.node,
         log: this.c.log,
         peers: () => (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self),
@@ -349,7 +371,13 @@ export class ContentService implements ContentHooks, SyncServer {
           // Progress in status at most twice a second: others see "syncing N%" without a message per chunk.
           if (Date.now() - lastPublish > 500) { lastPublish = Date.now(); void this.c.status.publish(true) }
         }
-      }, this.fetchOptions, partial, signal).run()
+      }, this.fetchOptions, partial, signal)
+      this.fetches.set(item.digest, fetch)
+      try {
+        await fetch.run()
+      } finally {
+        if (this.fetches.get(item.digest) === fetch) this.fetches.delete(item.digest)
+      }
     } finally {
       await partial.close()
     }

@@ -31,7 +31,16 @@ export interface SyncServer {
   authorize: (peer: string) => boolean
   manifest: (digest: string) => Uint8Array | undefined
   bitmap: (digest: string) => Uint8Array | undefined
+  /** Chunks of `digest` this host is fetching now (same layout as the bitmap), if any. */
+  fetching: (digest: string) => Uint8Array | undefined
   chunk: (digest: string, index: number) => Promise<Uint8Array | undefined>
+  /**
+   * May `peer` have chunk `index` of `digest` now? A host holding the whole file sends a
+   * chunk to one member at a time (see ChunkClaims); false answers SYNC_BUSY.
+   */
+  claim: (digest: string, index: number, peer: string) => boolean
+  /** The chunk claimed by `peer` was sent (or not). */
+  unclaim: (digest: string, index: number, peer: string) => void
   /** Count bytes served, per peer, for progress and for the swarming measurement. */
   served: (peer: string, bytes: number) => void
 }
@@ -39,7 +48,7 @@ export interface SyncServer {
 const EMPTY = new Uint8Array(0)
 
 function res (status: SyncStatus, fields: Partial<SyncResponse> = {}): SyncResponse {
-  return { status, message: '', manifest: u8(EMPTY), bitmap: u8(EMPTY), length: 0, ...fields }
+  return { status, message: '', manifest: u8(EMPTY), bitmap: u8(EMPTY), length: 0, fetching: u8(EMPTY), ...fields }
 }
 
 export function syncHandler (server: SyncServer, log: Logger) {
@@ -69,14 +78,23 @@ export function syncHandler (server: SyncServer, log: Logger) {
           await lp.write(SyncResponse.encode(m == null ? res(SyncStatus.SYNC_NOT_FOUND) : res(SyncStatus.SYNC_OK, { manifest: u8(m) })), { signal })
         } else if (req.type === SyncRequestType.GET_HAVE) {
           const b = server.bitmap(req.digest)
-          await lp.write(SyncResponse.encode(b == null ? res(SyncStatus.SYNC_NOT_FOUND) : res(SyncStatus.SYNC_OK, { bitmap: u8(b) })), { signal })
+          const f = b == null ? undefined : server.fetching(req.digest)
+          await lp.write(SyncResponse.encode(b == null ? res(SyncStatus.SYNC_NOT_FOUND) : res(SyncStatus.SYNC_OK, { bitmap: u8(b), fetching: u8(f ?? EMPTY) })), { signal })
         } else if (req.type === SyncRequestType.GET_CHUNK) {
-          const data = await server.chunk(req.digest, req.index)
-          if (data == null) {
-            await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_FOUND)), { signal })
-          } else {
-            await lp.writeV([SyncResponse.encode(res(SyncStatus.SYNC_OK, { length: data.length })), data], { signal })
-            server.served(peer, data.length)
+          if (!server.claim(req.digest, req.index, peer)) {
+            await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_BUSY, { message: 'this chunk is on its way to another member; fetch it from there' })), { signal })
+            continue
+          }
+          try {
+            const data = await server.chunk(req.digest, req.index)
+            if (data == null) {
+              await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_FOUND)), { signal })
+            } else {
+              await lp.writeV([SyncResponse.encode(res(SyncStatus.SYNC_OK, { length: data.length })), data], { signal })
+              server.served(peer, data.length)
+            }
+          } finally {
+            server.unclaim(req.digest, req.index, peer)
           }
         } else {
           await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_INVALID, { message: 'unknown request type' })), { signal })
@@ -92,6 +110,49 @@ export function syncHandler (server: SyncServer, log: Logger) {
 function isEnd (err: unknown): boolean {
   const name = (err as Error)?.name
   return name === 'UnexpectedEOFError' || name === 'StreamClosedError' || name === 'StreamResetError'
+}
+
+/**
+ * How long a whole-file holder refuses a chunk it just sent to another member: longer than
+ * it takes that member's GET_HAVE answer to reach the others through links full of chunks.
+ */
+export const SEED_HOLD_MS = 3000
+
+/**
+ * Super-seeding: a host that holds the whole file sends each chunk to one member at a
+ * time, and for `holdMs` after sending it refuses it to others (SYNC_BUSY): they fetch it
+ * from the member that just got it, and the seed's link goes to chunks no one else has.
+ * A member that cannot get it elsewhere asks again after `holdMs`.
+ */
+export class ChunkClaims {
+  private readonly claims = new Map<string, { peer: string, active: number, until: number }>()
+  private readonly holdMs: number
+
+  constructor (holdMs = SEED_HOLD_MS) {
+    this.holdMs = holdMs
+  }
+
+  claim (digest: string, index: number, peer: string): boolean {
+    const key = `${digest}#${index}`
+    const now = Date.now()
+    const c = this.claims.get(key)
+    if (c != null && c.peer !== peer && (c.active > 0 || c.until > now)) return false
+    if (c != null && c.peer === peer) c.active++
+    else this.claims.set(key, { peer, active: 1, until: 0 })
+    if (this.claims.size > 4096) this.prune(now)
+    return true
+  }
+
+  unclaim (digest: string, index: number, peer: string): void {
+    const c = this.claims.get(`${digest}#${index}`)
+    if (c == null || c.peer !== peer) return
+    c.active = Math.max(0, c.active - 1)
+    c.until = Date.now() + this.holdMs
+  }
+
+  private prune (now: number): void {
+    for (const [key, c] of this.claims) if (c.active === 0 && c.until <= now) this.claims.delete(key)
+  }
 }
 
 export class SyncRefusedError extends Error {
@@ -135,8 +196,13 @@ export class SyncSession {
   }
 
   async have (digest: string): Promise<Uint8Array> {
+    return (await this.haveAndFetching(digest)).have
+  }
+
+  /** What the peer holds, and what it is fetching now (empty from a peer that does not say). */
+  async haveAndFetching (digest: string): Promise<{ have: Uint8Array, fetching: Uint8Array }> {
     const r = await this.ask({ type: SyncRequestType.GET_HAVE, digest, index: 0 })
-    return r.bitmap
+    return { have: r.bitmap, fetching: r.fetching }
   }
 
   /**

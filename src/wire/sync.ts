@@ -858,6 +858,7 @@ export interface SyncResponse {
   manifest: Uint8Array<ArrayBuffer>
   bitmap: Uint8Array<ArrayBuffer>
   length: number
+  fetching: Uint8Array<ArrayBuffer>
 }
 
 export namespace SyncResponse {
@@ -895,6 +896,11 @@ export namespace SyncResponse {
           w.uint32(obj.length)
         }
 
+        if ((obj.fetching != null && obj.fetching.byteLength > 0)) {
+          w.uint32(50)
+          w.bytes(obj.fetching)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -904,7 +910,8 @@ export namespace SyncResponse {
           message: '',
           manifest: uint8ArrayAlloc(0),
           bitmap: uint8ArrayAlloc(0),
-          length: 0
+          length: 0,
+          fetching: uint8ArrayAlloc(0)
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -931,6 +938,10 @@ export namespace SyncResponse {
             }
             case 5: {
               obj.length = reader.uint32()
+              break
+            }
+            case 6: {
+              obj.fetching = reader.bytes()
               break
             }
             default: {
@@ -983,6 +994,13 @@ export namespace SyncResponse {
               }
               break
             }
+            case 6: {
+              yield {
+                field: `${prefix}.fetching`,
+                value: reader.bytes()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -1020,6 +1038,11 @@ export namespace SyncResponse {
     value: number
   }
 
+  export interface SyncResponseFetchingFieldEvent {
+    field: '$.fetching'
+    value: Uint8Array<ArrayBuffer>
+  }
+
   export function encode (obj: Partial<SyncResponse>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, SyncResponse.codec())
   }
@@ -1028,7 +1051,7 @@ export namespace SyncResponse {
     return decodeMessage(buf, SyncResponse.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<SyncResponse>): Generator<SyncResponseStatusFieldEvent | SyncResponseMessageFieldEvent | SyncResponseManifestFieldEvent | SyncResponseBitmapFieldEvent | SyncResponseLengthFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<SyncResponse>): Generator<SyncResponseStatusFieldEvent | SyncResponseMessageFieldEvent | SyncResponseManifestFieldEvent | SyncResponseBitmapFieldEvent | SyncResponseLengthFieldEvent | SyncResponseFetchingFieldEvent> {
     return streamMessage(buf, SyncResponse.codec(), opts)
   }
 }

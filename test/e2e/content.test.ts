@@ -8,7 +8,7 @@
  * - A file uploaded on the leader with `edgelink content add FILE --wait --json` reaches
  *   all three followers with the same digest (`content get`, then sha256 here), and the
  *   followers served each other: on each follower, `GET /api/v1/content/traffic` shows
- *   bytes served to other followers, and the leader served less than three full copies.
+ *   bytes served to other followers, and the leader served less than two full copies.
  * - A receiving follower killed with SIGKILL part-way (20-80 %, seen with `content ls
  *   --json` on it) resumes after a restart and completes with the right digest, having
  *   fetched fewer bytes than the whole file. Its inbound link is capped lower for this
@@ -207,7 +207,8 @@ describe.skipIf(skip)(title, () => {
     }
     const fromLeader = sum(traffic.get('h1')?.served ?? {})
     log(`the leader served ${(fromLeader / SWARM_SIZE).toFixed(2)} copies of the file to 3 followers`)
-    expect(fromLeader).toBeLessThan(3 * SWARM_SIZE)
+    // Super-seeding: the leader sends each chunk once while members still syncing can pass it on.
+    expect(fromLeader).toBeLessThan(2 * SWARM_SIZE)
   }, 120_000)
 
   it('a follower killed mid-transfer resumes after a restart and fetches only what it lacked', async ({ onTestFailed }) => {

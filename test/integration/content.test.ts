@@ -6,7 +6,7 @@ import pWaitFor from 'p-wait-for'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { AgentSet, tempDir, testConfig, testLogger } from '../helpers/agents.js'
 import { Agent } from '../../src/agent/agent.js'
-import { SyncRefusedError, SyncSession } from '../../src/content/sync-protocol.js'
+import { SyncRefusedError, SyncSession, SyncStatus } from '../../src/content/sync-protocol.js'
 
 const FAST = {
   group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
@@ -109,6 +109,26 @@ describe('content sync between agents in one process', () => {
     expect(leader.content.list()).toEqual([])
     expect(readdirSync(join(leader.paths.blobs, 'sha256'))).toEqual([])
     expect(readdirSync(join(leader.paths.blobs, 'tmp'))).toEqual([])
+  })
+
+  it('a host with the whole file sends a chunk to one member at a time (super-seeding), a small file to all', async () => {
+    // The followers' own fetchers stay out of it, so only these sessions ask.
+    await f1.content.stop()
+    await f2.content.stop()
+    const big = await leader.content.add(chunks(randomBytes(16 * MiB)), { name: 'big', kind: 'file', size: 16 * MiB })
+    const small = await leader.content.add(chunks(randomBytes(MiB)), { name: 'small', kind: 'file', size: MiB })
+    const from1 = await SyncSession.open(f1.node, peerIdFromString(leader.peerId), 5000)
+    const from2 = await SyncSession.open(f2.node, peerIdFromString(leader.peerId), 5000)
+    expect((await from1.chunk(big.digest, 3, MiB)).length).toBe(MiB)
+    // Just sent to f1: f2 is told to fetch it from there, and may have any other chunk.
+    await expect(from2.chunk(big.digest, 3, MiB)).rejects.toMatchObject({ name: 'SyncRefusedError', status: SyncStatus.SYNC_BUSY })
+    expect((await from2.chunk(big.digest, 4, MiB)).length).toBe(MiB)
+    expect((await from1.chunk(big.digest, 3, MiB)).length).toBe(MiB)
+    // One chunk: no point in waiting for another member to pass it on.
+    expect((await from1.chunk(small.digest, 0, MiB)).length).toBe(MiB)
+    expect((await from2.chunk(small.digest, 0, MiB)).length).toBe(MiB)
+    from1.close()
+    from2.close()
   })
 
   it('a non-member asking for chunks is refused', async () => {
