@@ -7,8 +7,15 @@
  *   [2^31, 2^32) as zero bytes: `LongBits` keeps its low word as a signed int, and
  *   the varint writer stops at once on a negative one. A 3 GiB blob's size went on the
  *   wire as 0. Such values are written through the (correct) number path instead.
+ * - @chainsafe/libp2p-yamux (8.0.1) answers every data frame it receives with a window
+ *   update frame, however small the frame: each heartbeat byte, status message and sync
+ *   request cost a second frame back (a Noise encryption and a write on both ends).
+ *   Yamux's own implementations (hashicorp/yamux, go-yamux) send the update only once
+ *   half the receive window is consumed; so does this, which halves the frames of an
+ *   idle group. The window never runs dry: the sender always has at least half of it.
  */
 import { writer } from 'protons-runtime'
+import { StreamState, YamuxStream } from '@chainsafe/libp2p-yamux/stream'
 type Resolvers<T> = { promise: Promise<T>, resolve: (value: T | PromiseLike<T>) => void, reject: (reason?: unknown) => void }
 
 if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function') {
@@ -34,6 +41,14 @@ const uint64 = writerProto.uint64
 writerProto.uint64 = function (this: Uint64Writer, value: bigint) {
   if (value >= 0x80000000n && value <= 0xffffffffn) return this.uint64Number(Number(value))
   return uint64.call(this, value)
+}
+
+interface YamuxWindow { state: StreamState, recvWindow: number, recvWindowCapacity: number }
+const sendWindowUpdate = YamuxStream.prototype.sendWindowUpdate
+YamuxStream.prototype.sendWindowUpdate = function (this: YamuxStream) {
+  const w = this as unknown as YamuxWindow
+  if (w.state === StreamState.Established && w.recvWindow - w.recvWindowCapacity < w.recvWindow / 2) return
+  sendWindowUpdate.call(this)
 }
 
 export {}

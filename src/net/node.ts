@@ -68,6 +68,11 @@ export async function createNode (config: AgentConfig, privateKey: PrivateKey): 
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: YAMUX_MAX_STREAM_WINDOW } })],
     nodeInfo: { name: 'edgelink', version: AGENT_VERSION, userAgent: USER_AGENT },
+    // libp2p pings every connection every 10 s on a new stream (open, negotiate, close: the
+    // dearest small thing an idle agent does). Members' connections are watched every second by
+    // the heartbeats (src/status/heartbeat.ts), which close a silent one; this only has to
+    // catch dead connections to hosts outside the group, and 30 s does.
+    connectionMonitor: { pingInterval: 30_000 },
     connectionManager: {
       maxConnections: config.net.maxConnections,
       allow: config.net.allow
