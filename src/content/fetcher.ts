@@ -15,7 +15,7 @@ import type { Logger } from '../agent/logger.js'
 import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import { ChunkMismatchError, type PartialBlob } from './blobs.js'
-import { chunkLength } from './manifest.js'
+import { chunkLength, maxChunkLength } from './manifest.js'
 import { SEED_HOLD_MS, SyncRefusedError, SyncSession, SyncStatus } from './sync-protocol.js'
 
 /** Ties for the rarest chunk are broken at random among the first this many. */
@@ -23,9 +23,9 @@ const TIE_WINDOW = 16
 
 export interface FetchOptions {
   /**
-   * Chunk requests in flight in all, spread over the members that hold chunks we miss:
-   * all of them on the one member that has the file (a 1-to-1 transfer keeps several
-   * chunks moving), one each when several members can serve (a swarm: fewer queued
+   * Chunk requests in flight in all, spread over the members that answer GET_HAVE:
+   * all of them on the only one (a 1-to-1 transfer keeps several chunks moving), one
+   * each when several answer, two on a member still syncing (a swarm: fewer queued
    * megabytes per connection, so what members advertise is fresh, and a chunk is
    * asked for where it is rarest rather than always from the leader).
    */
@@ -74,8 +74,6 @@ export class ItemFetch {
   private readonly busyUntil = new Map<number, number>()
   /** Members whose last chunk request failed (stalled, vanished), until then: not counted as a way to a chunk. */
   private readonly failedUntil = new Map<string, number>()
-  /** Members that could serve a chunk, as of the last spawnWorkers (see FetchOptions.perPeer). */
-  private servers = 1
   private readonly inFlight = new Set<number>()
   private readonly workers = new Map<string, number>()
   private readonly faults = new Map<string, number>()
@@ -168,23 +166,15 @@ export class ItemFetch {
     return bits
   }
 
-  /** Members that are not banned and hold a chunk we miss that nobody is fetching. */
-  private holders (): number {
-    let n = 0
-    for (const peer of this.have.keys()) if ((this.bannedUntil.get(peer) ?? 0) <= Date.now() && this.available(peer) != null) n++
-    return n
-  }
-
   /** Workers per member now (see FetchOptions.perPeer). */
   private perPeerNow (peer?: string): number {
-    const spread = Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.servers, this.have.size))))
+    const spread = Math.max(1, Math.min(this.o.perPeer, Math.ceil(this.o.perPeer / Math.max(1, this.have.size))))
     // A member still syncing gets two: it has few chunks to offer and learns of requests late,
     // so a second request keeps its link busy while the first one's answer is on the way.
     return peer != null && !this.seeds.has(peer) ? Math.max(spread, Math.min(2, this.o.perPeer)) : spread
   }
 
   private spawnWorkers (): void {
-    this.servers = this.holders()
     let running = [...this.workers.values()].reduce((a, b) => a + b, 0)
     for (const peer of shuffle([...this.have.keys()])) {
       if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) continue
@@ -254,7 +244,7 @@ export class ItemFetch {
         if (index == null) return
         this.inFlight.add(index)
         try {
-          buf ??= new Uint8Array(Math.min(this.partial.manifest.chunkSize, Math.max(this.partial.manifest.size, 1)))
+          buf ??= new Uint8Array(maxChunkLength(this.partial.manifest))
           const data = await session.chunk(this.partial.digest, index, chunkLength(this.partial.manifest, index), buf)
           this.d.received(peer, data.length)
           await this.partial.writeChunk(index, data)

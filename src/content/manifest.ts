@@ -74,6 +74,11 @@ export function chunkCount (size: number, chunkSize: number): number {
 }
 
 /** Length in bytes of chunk `index`: `chunkSize` for all but the last. */
+/** The longest chunk of `m` (at least 1 byte): the size of a buffer that holds any of them. */
+export function maxChunkLength (m: ManifestView): number {
+  return Math.min(m.chunkSize, Math.max(m.size, 1))
+}
+
 export function chunkLength (m: ManifestView, index: number): number {
   if (!Number.isInteger(index) || index < 0 || index >= m.chunks.length) {
     throw new RangeError(`chunk ${index} is out of range (the manifest of ${m.digest} has ${m.chunks.length} chunks)`)

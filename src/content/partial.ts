@@ -21,7 +21,7 @@ import { clearBit, countBits, getBit, setBit } from './bitmap.js'
 import type { Entry } from './blob-index.js'
 import { ChunkMismatchError, DigestMismatchError } from './errors.js'
 import { equalBytes, readFully, sha256, sha256Async, writeFully } from './files.js'
-import { chunkLength, type ManifestView } from './manifest.js'
+import { chunkLength, maxChunkLength, type ManifestView } from './manifest.js'
 
 export interface PartialBlob {
   readonly digest: string
@@ -151,7 +151,7 @@ export class OpenPartial implements PartialBlob {
       const m = this.manifest
       while (!this.closed && !this.done && !this.prefixFailed && this.prefix < m.chunks.length && getBit(this.held, this.prefix)) {
         const length = chunkLength(m, this.prefix)
-        this.readBuf ??= Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
+        this.readBuf ??= Buffer.allocUnsafe(maxChunkLength(m))
         const buf = this.readBuf.subarray(0, length)
         if (await readFully(this.openHandle(), buf, this.prefix * m.chunkSize) !== length) throw new Error(`chunk ${this.prefix} is short on disk`)
         this.whole.update(buf)
@@ -272,7 +272,7 @@ export class OpenPartial implements PartialBlob {
  * whole digest fails).
  */
 async function badChunks (fh: FileHandle, m: ManifestView): Promise<number[]> {
-  const buf = Buffer.allocUnsafe(Math.min(m.chunkSize, Math.max(m.size, 1)))
+  const buf = Buffer.allocUnsafe(maxChunkLength(m))
   const bad: number[] = []
   for (let i = 0; i < m.chunks.length; i++) {
     const length = chunkLength(m, i)
