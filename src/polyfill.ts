@@ -13,9 +13,18 @@
  *   Yamux's own implementations (hashicorp/yamux, go-yamux) send the update only once
  *   half the receive window is consumed; so does this, which halves the frames of an
  *   idle group. The window never runs dry: the sender always has at least half of it.
+ * - @libp2p/utils' `LengthPrefixedDecoder` (7.4.1; Noise reads every connection's frames
+ *   through it) asks its length decoder for the next length after consuming the last
+ *   whole frame in the buffer, every time. On an empty buffer that decoder throws a
+ *   RangeError, which the loop catches as "wait for more": an Error object with a stack
+ *   trace for every read on every connection. In a 10-member group that was 6 % of the
+ *   CPU a status change costs. An empty buffer now answers length 0, which the loop reads
+ *   as "a frame longer than what is buffered" and leaves exactly as before; a partial
+ *   length prefix (1 byte of Noise's 2) still throws and is caught as before.
  */
 import { writer } from 'protons-runtime'
 import { StreamState, YamuxStream } from '@chainsafe/libp2p-yamux/stream'
+import { LengthPrefixedDecoder } from '@libp2p/utils'
 type Resolvers<T> = { promise: Promise<T>, resolve: (value: T | PromiseLike<T>) => void, reject: (reason?: unknown) => void }
 
 if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function') {
@@ -49,6 +58,20 @@ YamuxStream.prototype.sendWindowUpdate = function (this: YamuxStream) {
   const w = this as unknown as YamuxWindow
   if (w.state === StreamState.Established && w.recvWindow - w.recvWindowCapacity < w.recvWindow / 2) return
   sendWindowUpdate.call(this)
+}
+
+type LengthDecoder = ((buf: { byteLength: number }) => number) & { bytes?: number }
+interface Guardable { lengthDecoder: LengthDecoder, [GUARDED]?: true }
+const GUARDED = Symbol('edgelink.emptyBufferGuard')
+const decode = LengthPrefixedDecoder.prototype.decode
+LengthPrefixedDecoder.prototype.decode = function (this: LengthPrefixedDecoder, buf) {
+  const d = this as unknown as Guardable
+  if (d[GUARDED] !== true) {
+    const inner = d.lengthDecoder
+    d.lengthDecoder = (b) => b.byteLength === 0 ? 0 : inner(b)
+    d[GUARDED] = true
+  }
+  return decode.call(this, buf)
 }
 
 export {}

@@ -46,6 +46,9 @@ export interface SettingsView {
 
 type StoredState = SettingsStateView
 
+/** A hook still running after this long is reported `pending` to the group (see setState). */
+export const PENDING_REPORT_AFTER_MS = 250
+
 export class SettingsService implements SettingsHooks {
   private readonly c: SettingsComponents
   private readonly self: string
@@ -53,6 +56,7 @@ export class SettingsService implements SettingsHooks {
   private readonly changes = new Map<string, Verified<SettingsChangeView>>()
   private own: SettingsStateView = { version: 0, state: 'none', message: '', at: null }
   private readonly applyLock = new Mutex()
+  private pendingReport?: NodeJS.Timeout
 
   constructor (c: SettingsComponents, self: string) {
     this.c = c
@@ -216,9 +220,25 @@ export class SettingsService implements SettingsHooks {
     })
   }
 
+  /**
+   * Persist this host's settings state and report it. `pending` is reported only if the
+   * hook is still running PENDING_REPORT_AFTER_MS later: most hooks (and applying with
+   * none) finish sooner, and then members get one status message for the change (its
+   * result) rather than two a few milliseconds apart. The local API shows `pending` at once.
+   */
   private async setState (s: SettingsStateView): Promise<void> {
     this.own = s
     await this.db.put('state', s)
+    clearTimeout(this.pendingReport)
+    this.pendingReport = undefined
+    if (s.state === 'pending') {
+      this.pendingReport = setTimeout(() => {
+        this.pendingReport = undefined
+        void this.c.status.publish(true)
+      }, PENDING_REPORT_AFTER_MS)
+      this.pendingReport.unref()
+      return
+    }
     await this.c.status.publish(true)
   }
 }

@@ -351,6 +351,29 @@ describe('host settings through a hook', () => {
     expect(f2.settings.show('f1').settings).toEqual({ ntp: '10.0.0.1', tz: 'UTC' })
   })
 
+  it('a change applied at once reaches members as one status (its result); a slow hook is reported pending while it runs', async () => {
+    const seen: Array<{ version: number, state: string }> = []
+    const off = leader.hostState.events.on(e => { if (e.type === 'status' && e.peer === f1.peerId) seen.push(e.settings) })
+    const hookCfg = f1.config.settings.hook
+    try {
+      f1.config.settings.hook = undefined
+      const quick = await leader.settings.set('f1', { mode: 'quick' })
+      await until(() => seen.some(s => s.version === quick.version && s.state === 'applied'))
+      expect(seen.filter(s => s.version === quick.version).map(s => s.state)).toEqual(['applied'])
+
+      const release = join(dir, 'release')
+      f1.config.settings.hook = hook('gate.sh', `while [ ! -e "${release}" ]; do sleep 0.02; done`)
+      const slow = await leader.settings.set('f1', { mode: 'slow' })
+      await until(() => leader.settings.show('f1').state.version === slow.version && leader.settings.show('f1').state.state === 'pending')
+      writeFileSync(release, '')
+      await until(() => leader.settings.show('f1').state.state === 'applied' && leader.settings.show('f1').state.version === slow.version)
+      expect(seen.filter(s => s.version === slow.version).map(s => s.state)).toEqual(['pending', 'applied'])
+    } finally {
+      off()
+      f1.config.settings.hook = hookCfg
+    }
+  })
+
   it('a hook that hangs gives failed with a message, and the agent keeps running', async () => {
     await leader.settings.set('f2', { a: '1' })
     await until(() => f2.settings.show().state.state === 'failed')
