@@ -37,6 +37,8 @@
  * Options: --hosts=N (default 10), --idle=SECONDS (default 30; --quick 10), --down-samples=N (default 5; --quick 2), --phases=latency,down,idle (default all),
  * --agent-config=FILE (every agent runs with `--config FILE`, e.g. other status timers, for A/B
  * runs; the rows say so). --runs N sets the number of status changes (default 200; --quick 40).
+ * --dump=FILE writes one JSON line per counted status change (target, each viewer's ms), to
+ * look at what the slow ones have in common.
  * The lab (`LAB=bg<pid>`, in .lab/) is torn down at the end, on error and on exit; its
  * watchdog removes it after 30 minutes if everything else failed.
  */
@@ -467,6 +469,7 @@ export async function run (ctx) {
       const perHost = []
       let missed = 0
       let atMismatch = 0
+      const dump = ctx.options.dump != null ? [] : null
       for (let i = 0; i < changes + WARMUP; i++) {
         const target = lab.hosts[i % n]
         const { viewers, seen } = await statusChange(lab, events, target, i)
@@ -475,6 +478,7 @@ export async function run (ctx) {
         if (new Set(ats).size > 1) atMismatch++
         const lat = viewers.map(v => seen.has(v) ? seen.get(v).obs - at : CAP_MS)
         if (i >= WARMUP) {
+          if (dump != null) dump.push(JSON.stringify({ i, target, at, ms: Object.fromEntries(viewers.map((v, k) => [v, lat[k]])) }))
           if (seen.size < viewers.length) missed++
           allSeen.push(Math.max(...lat))
           perHost.push(...lat)
@@ -487,6 +491,7 @@ export async function run (ctx) {
         await sleep(GAP_MS + Math.random() * GAP_MS)
       }
       events.close()
+      if (dump != null) writeFileSync(String(ctx.options.dump), dump.join('\n') + '\n')
       const load1 = loadavg()[0]
       const rttMed = median(rtt)
       const rttP99 = percentile(rtt, 99)

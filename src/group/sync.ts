@@ -18,6 +18,7 @@ import { response, rosterCall, RosterRequestType, RosterStatus } from './roster-
 import type { GroupKeyMaterial, Membership } from './state.js'
 import { decodeKey } from './key.js'
 import type { AdoptOutcome } from './service.js'
+import { JitteredInterval } from '../util/timers.js'
 
 /** What membership sync uses of the group service. */
 export interface SyncComponents {
@@ -48,6 +49,7 @@ export class MembershipSync {
   private readonly merged = new Map<string, string>()
   private listeners: Listener[] = []
   private timers: NodeJS.Timeout[] = []
+  private jittered: JitteredInterval[] = []
 
   constructor (c: SyncComponents) {
     this.c = c
@@ -75,12 +77,14 @@ export class MembershipSync {
     })
     const g = this.c.config.group
     this.timers.push(setInterval(() => { this.reconnect() }, g.reconnectInterval))
-    this.timers.push(setInterval(() => { this.antiEntropy() }, g.antiEntropyInterval))
+    this.jittered.push(new JitteredInterval(() => { this.antiEntropy() }, g.antiEntropyInterval))
   }
 
   stop (): void {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    for (const t of this.jittered) t.clear()
+    this.jittered = []
     for (const [name, fn] of this.listeners) this.c.node.removeEventListener(name as never, fn as never)
     this.listeners = []
   }

@@ -82,11 +82,15 @@ export async function createNode (config: AgentConfig, privateKey: PrivateKey): 
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: YAMUX_MAX_STREAM_WINDOW } })],
     nodeInfo: { name: 'edgelink', version: AGENT_VERSION, userAgent: USER_AGENT },
-    // libp2p pings every connection every 10 s on a new stream (open, negotiate, close: the
-    // dearest small thing an idle agent does). Members' connections are watched every second by
-    // the heartbeats (src/status/heartbeat.ts), which close a silent one; this only has to
-    // catch dead connections to hosts outside the group, and 30 s does.
-    connectionMonitor: { pingInterval: 30_000 },
+    // libp2p's connection monitor pings every connection on a new stream (open, negotiate,
+    // close) every 10 s, all of a host's connections in the same instant; members started
+    // together stay in step, so a group of 10 opened some 150 streams in one burst, and a
+    // status change that met it waited behind it. It is off: members' connections are watched
+    // every second by the heartbeats (src/status/heartbeat.ts), which close a silent one. A
+    // connection to a host outside the group (rare: hosts connect to members, and to a leader
+    // to link) that dies without a FIN is reset when TCP gives up on yamux's keepalive pings
+    // (every 30 s) instead of at the next monitor ping.
+    connectionMonitor: { enabled: false },
     connectionManager: {
       maxConnections: config.net.maxConnections,
       allow: config.net.allow

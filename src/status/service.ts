@@ -24,6 +24,7 @@ import { Heartbeats } from './heartbeat.js'
 import { EventHub } from './events.js'
 import { pulledRecently } from '../group/sync.js'
 import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
+import { JitteredInterval, jittered } from '../util/timers.js'
 
 export const GROUP_PROTOCOL = '/edgelink/group/1.0.0'
 /** A pull answer holds one status per member and one settings record per member. */
@@ -77,6 +78,9 @@ export class StatusService {
   private settings?: SettingsHooks
   private content?: ContentHooks
   private timers: NodeJS.Timeout[] = []
+  private jittered: JitteredInterval[] = []
+  /** When the periodic status is next due (jittered, so members started together do not publish together). */
+  private periodicDue = 0
   private unsubscribe?: () => void
   private lastFingerprint = ''
   private lastSeq = 0n
@@ -164,7 +168,7 @@ export class StatusService {
     this.timers.push(setInterval(() => { void this.publish(false) }, Math.min(1000, s.interval)))
     await this.heartbeats.start()
     this.timers.push(setInterval(() => { this.evaluate() }, Math.max(100, Math.floor(s.probeInterval / 4))))
-    this.timers.push(setInterval(() => { this.antiEntropy() }, s.antiEntropyInterval))
+    this.jittered.push(new JitteredInterval(() => { this.antiEntropy() }, s.antiEntropyInterval))
   }
 
   async stop (): Promise<void> {
@@ -172,6 +176,8 @@ export class StatusService {
     this.running = false
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    for (const t of this.jittered) t.clear()
+    this.jittered = []
     this.unsubscribe?.()
     if (this.onConnect != null) this.c.node.removeEventListener('connection:open', this.onConnect as never)
     this.gossip.stop()
@@ -217,10 +223,10 @@ export class StatusService {
       const facts = collectSystem(this.c.dataDir)
       const health = healthOf(facts)
       const fp = JSON.stringify([this.c.group.statusFields(), this.ownAddresses(), health, this.c.config.labels, this.settings?.state(), Math.round(facts.diskFree / 2 ** 30)])
-      const prev = this.statuses.get(this.self)
-      const due = prev == null || Date.now() - Date.parse(prev.view.at) >= this.c.config.status.interval
+      const due = Date.now() >= this.periodicDue
       if (!force && fp === this.lastFingerprint && !due) return
       this.lastFingerprint = fp
+      this.periodicDue = Date.now() + jittered(this.c.config.status.interval)
       const signed = await signStatus(this.buildWire(facts, health), this.c.privateKey)
       this.statuses.set(this.self, signed)
       if (this.c.group.membership != null) {

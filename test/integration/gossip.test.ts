@@ -356,7 +356,7 @@ describe('host settings through a hook', () => {
     const off = leader.hostState.events.on(e => { if (e.type === 'status' && e.peer === f1.peerId) seen.push(e.settings) })
     const hookCfg = f1.config.settings.hook
     try {
-      f1.config.settings.hook = undefined
+      f1.config.settings.hook = null
       const quick = await leader.settings.set('f1', { mode: 'quick' })
       await until(() => seen.some(s => s.version === quick.version && s.state === 'applied'))
       expect(seen.filter(s => s.version === quick.version).map(s => s.state)).toEqual(['applied'])
