@@ -104,6 +104,10 @@ export class RosterReplicator {
           groupKey: isMember(plan.next.roster, peer) ? keyBytes : new Uint8Array(0)
         }, this.c.rpcTimeoutMs)
         if (res.status === RosterStatus.ROSTER_OK) return true
+        // A host this roster removes may have learned it first (its own anti-entropy pull
+        // reads the roster the leader already stored) and left: "not in that group" is then
+        // its acknowledgement, as a repeated push to a member is answered OK.
+        if (res.status === RosterStatus.NOT_MEMBER && !isMember(plan.next.roster, peer)) return true
         this.c.log.warn({ peer, status: res.status, message: res.message }, 'member did not store the roster')
       } catch (err) {
         this.c.log.info({ peer, err: errorMessage(err) }, 'cannot push roster to member')

@@ -6,6 +6,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
+import { ROSTER_PROTOCOL } from '../../src/group/roster-protocol.js'
 
 /** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
 const FAST = { group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 4000, rpcTimeout: 4000, joinTimeout: 5000 } }
@@ -225,6 +226,39 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     expect(err.message).toMatch(/no quorum \(1 of 3 reachable\)/)
     expect(leader.hostStatus().rosterVersion).toBe(v)
     await leader.group.unlink('f1', true)
+    expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f2', 'lead'])
+  })
+
+  it('a push that misses its majority keeps the new roster on the leader, says so, and the roster reaches the others by pull', async () => {
+    const f3 = await set.start({ name: 'f3', config: FAST })
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await linkTo(leader, f3)
+    await until(() => [f1, f2, f3].every(f => f.group.hosts().length === 4))
+    const v = leader.hostStatus().rosterVersion
+    // f1 and f2 stay up and connected (so the reachability check passes) but refuse roster pushes.
+    await f1.node.unhandle(ROSTER_PROTOCOL)
+    await f2.node.unhandle(ROSTER_PROTOCOL)
+    if (v == null) throw new Error('the leader has no roster')
+    const err = await expectCode(leader.group.unlink('f3'), 'NO_QUORUM')
+    expect(err.message).toMatch(new RegExp(`roster v${v + 1} was stored by 2 of 4 members and will reach the others when they return`))
+    expect(leader.hostStatus().rosterVersion).toBe(v + 1)
+    expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f1', 'f2', 'lead'])
+    // Anti-entropy: f1 and f2 pull the roster the leader kept, and f3 is out everywhere.
+    await until(() => [f1, f2].every(f => f.hostStatus().rosterVersion === v + 1))
+    for (const f of [f1, f2]) expect(f.group.hosts().map(h => h.hostname).sort()).toEqual(['f1', 'f2', 'lead'])
+  })
+
+  it('a removed host that already left (it pulled its removal first) counts as having stored the roster that removed it', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await until(() => [f1, f2].every(f => f.group.hosts().length === 3))
+    const v = leader.hostStatus().rosterVersion
+    if (v == null) throw new Error('the leader has no roster')
+    await f2.node.unhandle(ROSTER_PROTOCOL) // f2 refuses pushes: the vote is f1's
+    await f1.group.forget() // as if f1 had pulled the new roster and left before the push reached it
+    await leader.group.unlink('f1')
+    expect(leader.hostStatus().rosterVersion).toBe(v + 1)
     expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f2', 'lead'])
   })
 })
