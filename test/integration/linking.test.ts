@@ -236,10 +236,10 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     await linkTo(leader, f3)
     await until(() => [f1, f2, f3].every(f => f.group.hosts().length === 4))
     const v = leader.hostStatus().rosterVersion
+    if (v == null) throw new Error('the leader has no roster')
     // f1 and f2 stay up and connected (so the reachability check passes) but refuse roster pushes.
     await f1.node.unhandle(ROSTER_PROTOCOL)
     await f2.node.unhandle(ROSTER_PROTOCOL)
-    if (v == null) throw new Error('the leader has no roster')
     const err = await expectCode(leader.group.unlink('f3'), 'NO_QUORUM')
     expect(err.message).toMatch(new RegExp(`roster v${v + 1} was stored by 2 of 4 members and will reach the others when they return`))
     expect(leader.hostStatus().rosterVersion).toBe(v + 1)
