@@ -51,7 +51,6 @@ import { InsufficientSpaceError, tooLarge } from './errors.js'
 import { equalBytes, fsyncDir, ReadHandles } from './files.js'
 import { receive, type IngestOptions } from './ingest.js'
 import { chunkLength, encodeManifest, MAX_CONTENT_SIZE, type ManifestView } from './manifest.js'
-import { HashWorker } from './hasher.js'
 import { OpenPartial, type PartialBlob, type PartialHost } from './partial.js'
 
 export { ChunkMismatchError, DigestMismatchError, formatBytes, InsufficientSpaceError } from './errors.js'
@@ -83,8 +82,6 @@ export class BlobStore {
   private readonly index = new Map<string, Entry>()
   /** Open read handles for serving chunks; forgotten whenever a path's file is removed, replaced or renamed. */
   private readonly reads = new ReadHandles()
-  /** SHA-256 off the event loop for transfers (chunk checks, the whole-file prefix hash). */
-  private readonly hasher = new HashWorker()
   /** Serialises index changes (records, renames); never held while hashing or copying a whole file. */
   private readonly lock = new Mutex()
 
@@ -118,10 +115,9 @@ export class BlobStore {
     await this.sweep(this.dirs.partial, 'partial')
   }
 
-  /** Close the read handles kept for serving and stop the hash worker (stop). The store stays usable. */
+  /** Close the read handles kept for serving (stop). The store stays usable. */
   close (): void {
     this.reads.closeAll()
-    void this.hasher.close()
   }
 
   /** The digest is held complete. */
@@ -326,7 +322,6 @@ export class BlobStore {
   private makeHost (): PartialHost {
     return {
       log: this.log,
-      hasher: this.hasher,
       has: (digest) => this.has(digest),
       persistBitmap: async (entry) => { await this.persistBitmap(entry) },
       promote: async (entry) => { await this.promote(entry) },

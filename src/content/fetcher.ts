@@ -233,8 +233,7 @@ export class ItemFetch {
       this.countHolders()
       return
     }
-    // One chunk buffer per worker, reused (memory: at most one chunk per worker), shared
-    // with the hash worker so checking it copies nothing.
+    // One chunk buffer per worker, reused (memory: at most one chunk per worker).
     let buf: Uint8Array | undefined
     try {
       for (;;) {
@@ -245,7 +244,7 @@ export class ItemFetch {
         if (index == null) return
         this.inFlight.add(index)
         try {
-          buf ??= new Uint8Array(new SharedArrayBuffer(maxChunkLength(this.partial.manifest)))
+          buf ??= new Uint8Array(maxChunkLength(this.partial.manifest))
           const data = await session.chunk(this.partial.digest, index, chunkLength(this.partial.manifest, index), buf)
           this.d.received(peer, data.length)
           await this.partial.writeChunk(index, data)

@@ -1,5 +1,5 @@
 /** File and byte helpers of the blob store: positional reads and writes that finish, and durable renames. */
-import { createHash } from 'node:crypto'
+import { createHash, webcrypto } from 'node:crypto'
 import { open, stat, type FileHandle } from 'node:fs/promises'
 
 export async function writeFully (fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
@@ -119,6 +119,14 @@ export async function fsyncDir (dir: string): Promise<void> {
 
 export function sha256 (data: Uint8Array): Uint8Array {
   return new Uint8Array(createHash('sha256').update(data).digest())
+}
+
+/**
+ * SHA-256 on libuv's thread pool (WebCrypto's digest is an async job there), so a chunk
+ * is checked while the event loop goes on decrypting the next one.
+ */
+export async function sha256Async (data: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await webcrypto.subtle.digest('SHA-256', data))
 }
 
 export function equalBytes (a: Uint8Array, b: Uint8Array): boolean {

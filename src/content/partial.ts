@@ -11,9 +11,8 @@
  * chunk or two rather than a second pass over the file at the end. It reads the bytes back
  * from the file, not from the buffer that was checked: the whole-file check is about
  * what the file holds.
- *
- * Both hashes run on the store's hash worker (hasher.ts), off the event loop.
  */
+import { createHash, type Hash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
 import type { Logger } from '../agent/logger.js'
 import { EdgelinkError } from '../errors.js'
@@ -21,8 +20,7 @@ import { Mutex } from '../util/mutex.js'
 import { clearBit, countBits, getBit, setBit } from './bitmap.js'
 import type { Entry } from './blob-index.js'
 import { ChunkMismatchError, DigestMismatchError } from './errors.js'
-import { equalBytes, readFully, sha256, writeFully } from './files.js'
-import type { HashWorker, RunningSha256 } from './hasher.js'
+import { equalBytes, readFully, sha256, sha256Async, writeFully } from './files.js'
 import { chunkLength, maxChunkLength, type ManifestView } from './manifest.js'
 
 export interface PartialBlob {
@@ -48,8 +46,6 @@ export interface PartialBlob {
 /** What an OpenPartial may do to the store. */
 export interface PartialHost {
   log: Logger
-  /** Chunk checks and the prefix hash run here. */
-  hasher: HashWorker
   has: (digest: string) => boolean
   persistBitmap: (entry: Entry) => Promise<void>
   promote: (entry: Entry) => Promise<void>
@@ -72,13 +68,12 @@ export class OpenPartial implements PartialBlob {
   private readonly flushLock = new Mutex()
   private closed = false
   /** SHA-256 of chunks [0, prefix) as read back from the file (see the top of this file). */
-  private whole: RunningSha256
+  private whole: Hash = createHash('sha256')
   private prefix = 0
   /** The prefix hash could not read the file; completing hashes the file from the start. */
   private prefixFailed = false
   private pumping: Promise<void> | undefined
-  /** Shared with the hash worker (no copy); one per transfer. */
-  private readBuf: Uint8Array | undefined
+  private readBuf: Buffer | undefined
 
   /** `fh` undefined: the blob is already complete. */
   constructor (host: PartialHost, entry: Entry, fh: FileHandle | undefined) {
@@ -89,7 +84,6 @@ export class OpenPartial implements PartialBlob {
     this.fh = fh
     this.held = entry.bitmap.slice()
     this.count = countBits(this.held)
-    this.whole = host.hasher.running()
   }
 
   private get done (): boolean {
@@ -123,7 +117,7 @@ export class OpenPartial implements PartialBlob {
   async writeChunk (index: number, data: Uint8Array): Promise<void> {
     const length = chunkLength(this.manifest, index)
     if (data.length !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${data.length} bytes; the manifest says ${length}`)
-    if (!equalBytes(await this.host.hasher.digest(data), this.manifest.chunks[index])) {
+    if (!equalBytes(await sha256Async(data), this.manifest.chunks[index])) {
       throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
     }
     if (this.done || getBit(this.held, index)) return
@@ -157,10 +151,10 @@ export class OpenPartial implements PartialBlob {
       const m = this.manifest
       while (!this.closed && !this.done && !this.prefixFailed && this.prefix < m.chunks.length && getBit(this.held, this.prefix)) {
         const length = chunkLength(m, this.prefix)
-        this.readBuf ??= new Uint8Array(new SharedArrayBuffer(maxChunkLength(m)))
+        this.readBuf ??= Buffer.allocUnsafe(maxChunkLength(m))
         const buf = this.readBuf.subarray(0, length)
         if (await readFully(this.openHandle(), buf, this.prefix * m.chunkSize) !== length) throw new Error(`chunk ${this.prefix} is short on disk`)
-        await this.whole.update(buf)
+        this.whole.update(buf)
         this.prefix++
       }
     } catch (err) {
@@ -220,44 +214,27 @@ export class OpenPartial implements PartialBlob {
     await this.host.promote(this.entry)
   }
 
-  /**
-   * [] if the file matches its digest, else the chunks to fetch again (see badChunks).
-   * A prefix hash that failed (a read error, or the hash worker died with its state) is
-   * started again from the first chunk, once; if that fails too, the file is checked
-   * chunk by chunk.
-   */
+  /** [] if the file matches its digest, else the chunks to fetch again (see badChunks). */
   private async verifyWhole (fh: FileHandle): Promise<number[]> {
     const n = this.manifest.chunks.length
-    for (let attempt = 0; attempt < 2; attempt++) {
-      if (this.prefixFailed) {
-        this.prefixFailed = false
-        this.restartPrefix()
-      }
-      for (;;) {
-        if (this.pumping != null) { await this.pumping; continue }
-        const before = this.prefix
-        await this.pump()
-        if (this.prefixFailed || this.prefix === n || this.prefix === before) break
-      }
-      if (this.prefixFailed || this.prefix !== n) continue
-      try {
-        const ok = `sha256:${await this.whole.hex()}` === this.manifest.digest
-        this.restartPrefix()
-        this.readBuf = undefined
-        return ok ? [] : await badChunks(fh, this.manifest)
-      } catch (err) {
-        this.host.log.warn({ digest: this.digest, err: (err as Error).message }, 'cannot finish the whole-file hash; hashing the file again')
-        this.prefixFailed = true
-      }
+    if (this.prefixFailed) {
+      this.prefixFailed = false
+      this.restartPrefix()
     }
+    for (;;) {
+      if (this.pumping != null) { await this.pumping; continue }
+      const before = this.prefix
+      await this.pump()
+      if (this.prefixFailed || this.prefix === n || this.prefix === before) break
+    }
+    const ok = !this.prefixFailed && this.prefix === n && `sha256:${this.whole.digest('hex')}` === this.manifest.digest
     this.restartPrefix()
     this.readBuf = undefined
-    return await badChunks(fh, this.manifest)
+    return ok ? [] : await badChunks(fh, this.manifest)
   }
 
   private restartPrefix (): void {
-    this.whole.dispose()
-    this.whole = this.host.hasher.running()
+    this.whole = createHash('sha256')
     this.prefix = 0
   }
 
@@ -283,7 +260,6 @@ export class OpenPartial implements PartialBlob {
   private async releaseHandle (): Promise<void> {
     this.readBuf = undefined
     await this.pumping
-    this.whole.dispose()
     const fh = this.fh
     this.fh = undefined
     await fh?.close()

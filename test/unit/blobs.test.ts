@@ -343,28 +343,6 @@ describe('BlobStore partial transfers', () => {
     expect(blobs.has(m.digest)).toBe(true)
   })
 
-  it('completes without fetching anything again when the hash worker stopped after hashing the whole file', async () => {
-    const env = freshEnv()
-    const blobs = await openBlobs(env)
-    const p = await blobs.openPartial(m)
-    await writeAll(p, data, p.missing())
-    await waitFor(() => p.hashed === 6)
-    // close() stops the hash worker and the running whole-file hash with it (as a crash of
-    // the worker would); the store stays usable and hashes the file again from the start.
-    blobs.close()
-    await p.complete()
-    await p.close()
-    expect(blobs.has(m.digest)).toBe(true)
-    expect(sha256hex(readFileSync(blobs.path(m.digest)))).toBe(m.digest.slice(7))
-    // A chunk written after the worker stopped is checked by a new one.
-    const again = await blobs.openPartial(manifestOf(data.subarray(0, CHUNK_SIZE)))
-    blobs.close()
-    await writeAll(again, data, [0])
-    await again.complete()
-    await again.close()
-    expect(blobs.has(`sha256:${sha256hex(data.subarray(0, CHUNK_SIZE))}`)).toBe(true)
-  })
-
   it('checks the whole digest against the file on disk: a chunk changed there after its check is fetched again', async () => {
     const env = freshEnv()
     const blobs = await openBlobs(env)
