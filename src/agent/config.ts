@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import { hostname as osHostname } from 'node:os'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
+import { safeParse } from '../util/parse.js'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ConfigError, errorMessage } from '../errors.js'
 import { parseDuration } from '../util/duration.js'
@@ -210,7 +211,7 @@ export function resolveLayers (layers: ConfigLayer[]): AgentConfig {
   for (const layer of layers) {
     merged = mergeInto(merged, layer.values, [], layer.source, sources)
   }
-  const result = configSchema.safeParse(merged)
+  const result = safeParse(configSchema, merged)
   if (result.success) return result.data
   const blamed: string[] = []
   const lines = result.error.issues.slice(0, 5).map(issue => {
@@ -221,6 +222,12 @@ export function resolveLayers (layers: ConfigLayer[]): AgentConfig {
       const where = key === '' ? '' : ` under \`${key}\``
       const allowed = allowedKeys(issue.path.map(String))
       return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map(k => `\`${k}\``).join(', ')}${where} (from ${sourceOf(sources, [...issue.path.map(String), issue.keys[0]])}); allowed: ${allowed.join(', ')}`
+    }
+    if (key === '') {
+      // Only safeParse's fallback has no path (a wrong type it could not place): every layer given may hold it.
+      blamed.pop()
+      blamed.push(...layers.filter(l => l.source !== 'defaults').map(l => l.source))
+      return `invalid configuration: ${issue.message}`
     }
     const value = valueAt(merged, issue.path.map(String))
     return `invalid value for \`${key}\` (from ${source}): ${renderValue(value)}: ${issue.message}`

@@ -2,13 +2,14 @@ import { createReadStream } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
+import { safeParse } from '../util/parse.js'
 import type { Agent } from '../agent/agent.js'
 import { BadRequestError } from '../errors.js'
 import { formatDuration, parseDuration } from '../util/duration.js'
 
 /** Parse a request body with a zod schema; a mismatch is a 400 naming the field. */
 function body<T> (schema: z.ZodType<T>, value: unknown): T {
-  const r = schema.safeParse(value ?? {})
+  const r = safeParse(schema, value ?? {})
   if (r.success) return r.data
   const issue = r.error.issues[0]
   const where = issue.path.length > 0 ? `\`${issue.path.join('.')}\`: ` : ''

@@ -112,6 +112,25 @@ describe('local API error format', () => {
     await expectStillAnswering()
   })
 
+  it('a field whose "length" is not a number (zod\'s length checks threw on it) is 400 naming the field, on every route that takes text', async () => {
+    // Found by the random-values property below: {"token":{"length":{"toString":""}}} was a 500.
+    const cases: Array<[string, Record<string, unknown>, string]> = [
+      ['/api/v1/link', { token: { length: { toString: '' } } }, '`token`'],
+      ['/api/v1/unlink', { host: { length: { valueOf: 1, toString: [] } } }, '`host`'],
+      ['/api/v1/leader/relinquish', { to: { length: { toString: {} } } }, '`to`'],
+      ['/api/v1/settings', { host: 'h', settings: { a: { length: { toString: '' } } } }, '`settings.a`'],
+      ['/api/v1/link', { length: { toString: '' } }, 'invalid request body']
+    ]
+    for (const [path, fields, named] of cases) {
+      const res = await rawRequest(socket, { method: 'POST', path, headers: { 'content-type': 'application/json' }, body: Buffer.from(JSON.stringify(fields)) })
+      expect(res.status, res.raw).toBe(400)
+      const error = expectApiError(res)
+      expect(error.message).toContain(named)
+      expect(error.message).toMatch(/"length" that is not a number/)
+    }
+    await expectStillAnswering()
+  })
+
   it('invalid JSON is 400 BAD_REQUEST', async () => {
     const res = await rawRequest(socket, { method: 'POST', path: '/api/v1/x', headers: { 'content-type': 'application/json' }, body: Buffer.from('{"a":') })
     expect(res.status).toBe(400)

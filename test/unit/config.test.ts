@@ -249,6 +249,14 @@ describe('garbage config files give a ConfigError, never a crash', () => {
     expect(err.message).not.toContain('\n')
   })
 
+  it('a mapping with a "length" that is not a number where text is expected names the key, not a TypeError', () => {
+    const file = configFile('yaml', 'hostname:\n  length:\n    toString: ""\nlisten: {length: {valueOf: 1, toString: 2}}\n')
+    const err = configErrorOf(() => loadConfig({ file, env: {} }))
+    expect(err.message).toContain('`hostname`')
+    expect(err.message).toContain(`config file ${file}`)
+    expect(err.message).toMatch(/"length" that is not a number/)
+  })
+
   it('a YAML list instead of a mapping says a mapping is expected', () => {
     const file = configFile('yaml', '- a\n- b\n')
     const err = configErrorOf(() => loadConfig({ file, env: {} }))
