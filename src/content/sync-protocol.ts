@@ -68,8 +68,7 @@ export function syncHandler (server: SyncServer, log: Logger) {
           req = SyncRequest.decode(frame)
         } catch (err) {
           if (isEnd(err)) { await stream.close().catch(() => {}); return }
-          await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_INVALID, { message: 'malformed sync request' }))).catch(() => {})
-          stream.abort(err instanceof Error ? err : new Error(String(err)))
+          await endInvalid(stream, lp, err)
           return
         }
         const signal = AbortSignal.timeout(SYNC_IDLE_MS)
@@ -105,6 +104,30 @@ export function syncHandler (server: SyncServer, log: Logger) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
+}
+
+/** How long a stream refused as malformed may take to send what is queued and be closed by the peer. */
+export const SYNC_CLOSE_MS = 5000
+
+/**
+ * Answer a malformed request with SYNC_INVALID and end the stream. Closing, not a reset:
+ * answers to the requests before it may still be on their way (a chunk waits for the
+ * peer's yamux window), and a reset would drop them. The peer closes its end once it has
+ * read them; one that does not is reset after SYNC_CLOSE_MS.
+ */
+async function endInvalid (stream: Stream, lp: LengthPrefixedStream<Stream>, err: unknown): Promise<void> {
+  const signal = AbortSignal.timeout(SYNC_CLOSE_MS)
+  const closed = new Promise<void>(resolve => {
+    if (stream.status === 'closed') { resolve(); return }
+    stream.addEventListener('close', () => { resolve() }, { once: true })
+    signal.addEventListener('abort', () => { resolve() }, { once: true })
+  })
+  try {
+    await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_INVALID, { message: 'malformed sync request' })), { signal })
+    await stream.close({ signal })
+  } catch {}
+  await closed
+  if (stream.status !== 'closed') stream.abort(err instanceof Error ? err : new Error(String(err)))
 }
 
 function isEnd (err: unknown): boolean {
