@@ -1,6 +1,5 @@
 /**
- * Fixes for the runtime, loaded before anything else (and in vitest's setupFiles). Fixes
- * inside modules that a package does not export are patches instead (patches/README.md).
+ * Fixes for the runtime, loaded before anything else (and in vitest's setupFiles):
  *
  * - Node 20 lacks `Promise.withResolvers`, which libp2p 3 calls. This module must be
  *   imported before anything from libp2p.
