@@ -216,19 +216,20 @@ export function resolveLayers (layers: ConfigLayer[]): AgentConfig {
   const blamed: string[] = []
   const lines = result.error.issues.slice(0, 5).map(issue => {
     const key = issue.path.join('.')
-    const source = sourceOf(sources, issue.path.map(String))
-    blamed.push(issue.code === 'unrecognized_keys' ? sourceOf(sources, [...issue.path.map(String), issue.keys[0]]) : source)
     if (issue.code === 'unrecognized_keys') {
+      const from = sourceOf(sources, [...issue.path.map(String), issue.keys[0]])
+      blamed.push(from)
       const where = key === '' ? '' : ` under \`${key}\``
       const allowed = allowedKeys(issue.path.map(String))
-      return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map(k => `\`${k}\``).join(', ')}${where} (from ${sourceOf(sources, [...issue.path.map(String), issue.keys[0]])}); allowed: ${allowed.join(', ')}`
+      return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map(k => `\`${k}\``).join(', ')}${where} (from ${from}); allowed: ${allowed.join(', ')}`
     }
     if (key === '') {
       // Only safeParse's fallback has no path (a wrong type it could not place): every layer given may hold it.
-      blamed.pop()
       blamed.push(...layers.filter(l => l.source !== 'defaults').map(l => l.source))
       return `invalid configuration: ${issue.message}`
     }
+    const source = sourceOf(sources, issue.path.map(String))
+    blamed.push(source)
     const value = valueAt(merged, issue.path.map(String))
     return `invalid value for \`${key}\` (from ${source}): ${renderValue(value)}: ${issue.message}`
   })
