@@ -15,7 +15,7 @@ import type { Logger } from '../agent/logger.js'
 import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import { ChunkMismatchError, type PartialBlob } from './blobs.js'
-import { chunkLength, maxChunkLength } from './manifest.js'
+import { chunkLength } from './manifest.js'
 import { SEED_HOLD_MS, SyncRefusedError, SyncSession, SyncStatus } from './sync-protocol.js'
 
 /** Ties for the rarest chunk are broken at random among the first this many. */
@@ -233,8 +233,6 @@ export class ItemFetch {
       this.countHolders()
       return
     }
-    // One chunk buffer per worker, reused (memory: at most one chunk per worker).
-    let buf: Uint8Array | undefined
     try {
       for (;;) {
         if (this.signal.aborted) return
@@ -244,9 +242,9 @@ export class ItemFetch {
         if (index == null) return
         this.inFlight.add(index)
         try {
-          buf ??= new Uint8Array(maxChunkLength(this.partial.manifest))
-          const data = await session.chunk(this.partial.digest, index, chunkLength(this.partial.manifest, index), buf)
-          this.d.received(peer, data.length)
+          const length = chunkLength(this.partial.manifest, index)
+          const data = await session.chunk(this.partial.digest, index, length)
+          this.d.received(peer, length)
           await this.partial.writeChunk(index, data)
           this.d.progress()
           await this.maybeFlush()

@@ -230,23 +230,17 @@ export class SyncSession {
 
   /**
    * The chunk's bytes as sent (unverified: the caller checks them against the manifest),
-   * copied into `into` when given (a worker reuses one buffer: no megabyte allocated and
-   * collected per chunk), else into a new buffer.
+   * in the pieces they arrived in: hashed and written from there, never copied into one
+   * buffer (see files.ts Bytes).
    */
-  async chunk (digest: string, index: number, expectedLength: number, into?: Uint8Array): Promise<Uint8Array> {
+  async chunk (digest: string, index: number, expectedLength: number): Promise<Uint8Array[]> {
     const r = await this.ask({ type: SyncRequestType.GET_CHUNK, digest, index })
     if (r.length !== expectedLength) {
       this.fail(new Error(`peer announced a chunk of ${r.length} bytes, expected ${expectedLength}`))
     }
     const frame = await this.read()
     if (frame.byteLength !== expectedLength) this.fail(new Error(`peer sent ${frame.byteLength} bytes, expected ${expectedLength}`))
-    if (into == null || into.length < expectedLength) return frame.subarray()
-    let offset = 0
-    for (const piece of frame) {
-      into.set(piece, offset)
-      offset += piece.length
-    }
-    return into.subarray(0, expectedLength)
+    return [...frame]
   }
 
   close (): void {
