@@ -32,22 +32,17 @@ export async function receive (source: AsyncIterable<Uint8Array>, file: string, 
   let finished = false
   let closed = false
   try {
-    const aborted = signal == null ? undefined : onAbort(signal)
-    try {
-      for (;;) {
-        const r = aborted == null ? await it.next() : await Promise.race([it.next(), aborted.promise])
-        signal?.throwIfAborted()
-        if (r.done === true) { finished = true; break }
-        if (writer.size + r.value.length > limit) {
-          throw expectedSize != null
-            ? new BadRequestError(`upload is longer than the ${expectedSize} bytes announced; nothing was stored`, 'SIZE_MISMATCH')
-            : tooLarge(writer.size + r.value.length)
-        }
-        await writer.push(r.value)
-        onProgress?.(writer.size)
+    for (;;) {
+      const r = signal == null ? await it.next() : await nextOrAbort(it, signal)
+      signal?.throwIfAborted()
+      if (r.done === true) { finished = true; break }
+      if (writer.size + r.value.length > limit) {
+        throw expectedSize != null
+          ? new BadRequestError(`upload is longer than the ${expectedSize} bytes announced; nothing was stored`, 'SIZE_MISMATCH')
+          : tooLarge(writer.size + r.value.length)
       }
-    } finally {
-      aborted?.dispose()
+      await writer.push(r.value)
+      onProgress?.(writer.size)
     }
     if (expectedSize != null && writer.size !== expectedSize) {
       throw new BadRequestError(`upload ended after ${writer.size} of the ${expectedSize} bytes announced; nothing was stored`, 'SIZE_MISMATCH')
@@ -132,12 +127,22 @@ class ChunkingWriter {
   }
 }
 
-/** Resolves (never rejects) when `signal` aborts, so a source blocked in next() cannot hold an aborted upload; the caller then throws `signal.reason`. */
-function onAbort (signal: AbortSignal): { promise: Promise<IteratorResult<Uint8Array>>, dispose: () => void } {
-  let listener!: () => void
-  const promise = new Promise<IteratorResult<Uint8Array>>(resolve => {
-    listener = () => { resolve({ done: true, value: undefined }) }
-    signal.addEventListener('abort', listener, { once: true })
+/**
+ * The source's next value, or "done" as soon as `signal` aborts, so a source blocked in
+ * next() cannot hold an aborted upload (the caller then throws `signal.reason`). The abort
+ * listener lives for this one step only. Not `Promise.race([it.next(), abortPromise])`
+ * with one abort promise for the whole upload: every race leaves a reaction on that promise
+ * which holds the race's result, the chunk, so every chunk stayed reachable until the upload
+ * ended (a 1 GiB upload took the leader to 1.1 GiB RSS).
+ */
+async function nextOrAbort (it: AsyncIterator<Uint8Array>, signal: AbortSignal): Promise<IteratorResult<Uint8Array>> {
+  if (signal.aborted) return { done: true, value: undefined }
+  return await new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+    const onAbort = (): void => { resolve({ done: true, value: undefined }) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    it.next().then(
+      r => { signal.removeEventListener('abort', onAbort); resolve(r) },
+      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
+    )
   })
-  return { promise, dispose: () => { signal.removeEventListener('abort', listener) } }
 }
