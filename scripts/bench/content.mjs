@@ -25,6 +25,9 @@
  *    /proc/PID/stat of both agents while the follower fetches) next to scp's (the scp
  *    shell's `times` for scp + ssh, and the sshd listener's reaped children for the
  *    session and sftp-server): less sensitive than MB/s to other load on a shared machine.
+ *    A third row gives the leader's RSS growth while it receives the upload (VmRSS every
+ *    50 ms, max − before), held to the receiver's 64 MiB budget: an upload is streamed to
+ *    disk, so it must not grow with the file. Baseline: the raw TCP receiver's growth.
  * 2. **Receiver RSS growth during a 2 GiB transfer** (budget: ≤ 64 MiB; 2048 MiB by default). The follower's
  *    VmRSS is read from /proc every 50 ms: growth = max during the transfer (upload start
  *    to follower complete) − the value just before the upload. Baseline: the same figure
@@ -286,9 +289,18 @@ async function agentTransfer (pair, file, { sampleRss = false } = {}) {
   const rss = { before: readRss(pair.follower.pid).rssMiB, max: 0 }
   const sample = () => { try { rss.max = Math.max(rss.max, readRss(pair.follower.pid).rssMiB) } catch { /* exited */ } }
   const timer = sampleRss ? setInterval(sample, 50) : undefined
+  // The leader's RSS while it receives the upload: streamed to disk, so bounded whatever the
+  // file's size (a leak once kept every chunk of an upload until it ended: 1.1 GiB for 1 GiB).
+  const up = { before: readRss(pair.leader.pid).rssMiB, max: 0 }
+  const upTimer = setInterval(() => { try { up.max = Math.max(up.max, readRss(pair.leader.pid).rssMiB) } catch { /* exited */ } }, 50)
   try {
     const t0 = now()
-    const item = await upload(pair.leader.socket, file, 'bench.bin')
+    let item
+    try {
+      item = await upload(pair.leader.socket, file, 'bench.bin')
+    } finally {
+      clearInterval(upTimer)
+    }
     const t1 = now()
     const m1 = monoUs()
     const c0 = cpuMs(pair.leader.pid).self + cpuMs(pair.follower.pid).self
@@ -296,7 +308,7 @@ async function agentTransfer (pair, file, { sampleRss = false } = {}) {
     const cpu = cpuMs(pair.leader.pid).self + cpuMs(pair.follower.pid).self - c0
     const m2 = monoUs()
     sample()
-    return { uploadMs: t1 - t0, ms: done.get('follower') - t1, cpu, digest: item.digest, rss, window: { from: m1, to: m2 } }
+    return { uploadMs: t1 - t0, uploadRss: Math.max(0, up.max - up.before), ms: done.get('follower') - t1, cpu, digest: item.digest, rss, window: { from: m1, to: m2 } }
   } finally {
     clearInterval(timer)
   }
@@ -711,6 +723,8 @@ export async function run (ctx) {
       const scpHash = []
       const raw = []
       const uploads = []
+      const uploadRss = []
+      const rawRss = []
       const rss = []
       const cpu = { agent: [], scp: [], raw: [] }
       try {
@@ -722,6 +736,7 @@ export async function run (ctx) {
             agent.push(a.ms)
             cpu.agent.push(a.cpu)
             uploads.push(a.uploadMs)
+            uploadRss.push(a.uploadRss)
             rss.push(a.rss.max - a.rss.before)
           } finally {
             await stopPair(pair)
@@ -732,9 +747,10 @@ export async function run (ctx) {
             if (Number.isFinite(c.hashMs)) scpHash.push(c.ms + c.hashMs)
             cpu.scp.push(c.cpu)
           }
-          const c = await rawCopy(file, dest)
+          const c = await rawCopy(file, dest, { sampleRss: true })
           raw.push(c.ms)
           cpu.raw.push(c.cpu)
+          rawRss.push(c.rss.max - c.rss.before)
           const mbs = (ms) => (size / 1e6 / (ms / 1000)).toFixed(1)
           const cpm = (ms) => (ms / (size / MiB)).toFixed(2)
           ctx.log(`  run ${r + 1}/${runs}: agents ${mbs(agent[r])} MB/s ${cpm(cpu.agent[r])} CPU-ms/MiB (upload ${mbs(uploads[r])} MB/s), scp ${ssh != null ? `${mbs(scp[r])} MB/s ${cpm(cpu.scp[r])} CPU-ms/MiB` : '-'}, raw TCP ${mbs(raw[r])} MB/s ${cpm(cpu.raw[r])} CPU-ms/MiB`)
@@ -792,6 +808,11 @@ export async function run (ctx) {
         figure: `upload ${gib(size)} to the leader (POST, unix socket, hash + write + fsync)`,
         value: median(uploads.map(mbps)), unit: 'MB/s', baseline: 'raw TCP copy', baselineValue: rawV, budget: null, pass: null, n: uploads.length,
         note: `range ${spread(uploads.map(mbps), 1)}${q}`
+      })
+      rows.push({
+        figure: `leader RSS growth while it receives the ${gib(size)} upload (max − before; largest of n runs)`,
+        value: Math.max(...uploadRss), unit: 'MiB', baseline: 'raw TCP receiver (node, socket → file), same runs', baselineValue: Math.max(...rawRss), budget: RSS_BUDGET_MIB, n: uploadRss.length,
+        note: `runs ${uploadRss.map(x => x.toFixed(1)).join(', ')} MiB; sampled every 50 ms; streamed to disk, so it must not grow with the file (the receiver's budget, applied to the uploader)${q}`
       })
       const perMiB = (xs) => median(xs) / (size / MiB)
       rows.push({
