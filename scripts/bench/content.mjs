@@ -21,6 +21,9 @@
  *    - raw TCP copy: a node process reads the file into a socket on 127.0.0.1, another
  *      writes the socket into a file (no encryption, no hashing, no fsync); time from the
  *      connection to the file closed, measured by the receiver.
+ *    - one bare libp2p stream (`_libp2p-copy.mjs`): the agents' stack (TCP, Noise, yamux,
+ *      libp2p's defaults) from memory to memory between two node processes, no file, hash
+ *      or fsync: the ceiling of the stack itself on this machine, next to scp's figure.
  *    A second row gives CPU time per MiB moved (user + sys, sender and receiver, from
  *    /proc/PID/stat of both agents while the follower fetches) next to scp's (the scp
  *    shell's `times` for scp + ssh, and the sshd listener's reaped children for the
@@ -79,7 +82,7 @@ import {
   ROOT, BIN, NODE, SAFE_AGENT_ARGS, apiGet, apiRequest, childEnv, median, now, readRss, spawnTracked, spread, startAgent, stopChild, tempDir
 } from './_lib.mjs'
 
-export const description = 'content sync: 1 GiB between two agents vs scp and raw TCP, receiver RSS during 2 GiB, fan-out to 4 in a rate-capped netns lab'
+export const description = 'content sync: 1 GiB between two agents vs scp, raw TCP and a bare libp2p stream, leader RSS during the upload, receiver RSS during 2 GiB, fan-out to 4 in a rate-capped netns lab'
 
 const MiB = 1024 * 1024
 const THROUGHPUT_RATIO_BUDGET = 1.5
@@ -366,6 +369,42 @@ async function rawCopy (file, dest, { sampleRss = false } = {}) {
   } finally {
     clearInterval(timer)
     rmSync(dest, { force: true })
+  }
+}
+
+// ---------------------------------------------------------------- bare libp2p stream
+
+const LIBP2P_COPY = join(dirname(fileURLToPath(import.meta.url)), '_libp2p-copy.mjs')
+
+/**
+ * `size` bytes over one bare libp2p stream (_libp2p-copy.mjs: TCP, Noise, yamux, defaults)
+ * between two node processes on 127.0.0.1, from memory to memory: the stack's own ceiling
+ * here, before any file, hash or fsync. ms measured by the receiver; cpu of both.
+ */
+async function libp2pCopy (size) {
+  const recv = spawnTracked(NODE, [LIBP2P_COPY, 'receive'])
+  try {
+    let out = ''
+    recv.stdout.on('data', c => { out += c })
+    const deadline = now() + 20_000
+    while (!/^addr \S+$/m.test(out)) {
+      if (recv.exitCode != null || now() > deadline) throw new Error(`libp2p receiver did not start: ${recv.tail()}`)
+      await sleep(5)
+    }
+    const addr = /^addr (\S+)$/m.exec(out)[1]
+    const send = spawnTracked(NODE, [LIBP2P_COPY, 'send', addr, String(size), '1'])
+    const s = await send.exited
+    if (s.code !== 0) throw new Error(`libp2p sender exited ${s.code ?? s.signal}: ${send.tail()}`)
+    const sent = JSON.parse(/^\{.*\}$/m.exec(send.stdoutText())[0])
+    while (!/^\{.*\}$/m.test(out)) {
+      if (recv.exitCode != null || now() > deadline + 600_000) throw new Error(`libp2p receiver gave no result: ${recv.tail()}`)
+      await sleep(5)
+    }
+    const got = JSON.parse(/^\{.*\}$/m.exec(out)[0])
+    if (got.bytes !== size) throw new Error(`libp2p copy moved ${got.bytes} of ${size} bytes`)
+    return { ms: got.ms, cpu: got.cpu + sent.cpu }
+  } finally {
+    await stopChild(recv)
   }
 }
 
@@ -726,7 +765,8 @@ export async function run (ctx) {
       const uploadRss = []
       const rawRss = []
       const rss = []
-      const cpu = { agent: [], scp: [], raw: [] }
+      const bare = []
+      const cpu = { agent: [], scp: [], raw: [], bare: [] }
       try {
         for (let r = 0; r < runs; r++) {
           retag(file)
@@ -751,9 +791,12 @@ export async function run (ctx) {
           raw.push(c.ms)
           cpu.raw.push(c.cpu)
           rawRss.push(c.rss.max - c.rss.before)
+          const l = await libp2pCopy(size)
+          bare.push(l.ms)
+          cpu.bare.push(l.cpu)
           const mbs = (ms) => (size / 1e6 / (ms / 1000)).toFixed(1)
           const cpm = (ms) => (ms / (size / MiB)).toFixed(2)
-          ctx.log(`  run ${r + 1}/${runs}: agents ${mbs(agent[r])} MB/s ${cpm(cpu.agent[r])} CPU-ms/MiB (upload ${mbs(uploads[r])} MB/s), scp ${ssh != null ? `${mbs(scp[r])} MB/s ${cpm(cpu.scp[r])} CPU-ms/MiB` : '-'}, raw TCP ${mbs(raw[r])} MB/s ${cpm(cpu.raw[r])} CPU-ms/MiB`)
+          ctx.log(`  run ${r + 1}/${runs}: agents ${mbs(agent[r])} MB/s ${cpm(cpu.agent[r])} CPU-ms/MiB (upload ${mbs(uploads[r])} MB/s), scp ${ssh != null ? `${mbs(scp[r])} MB/s ${cpm(cpu.scp[r])} CPU-ms/MiB` : '-'}, raw TCP ${mbs(raw[r])} MB/s ${cpm(cpu.raw[r])} CPU-ms/MiB, bare libp2p stream ${mbs(bare[r])} MB/s ${cpm(cpu.bare[r])} CPU-ms/MiB`)
         }
       } finally {
         await ssh?.stop()
@@ -784,6 +827,17 @@ export async function run (ctx) {
         pass: null,
         n: agent.length,
         note: `raw TCP range ${spread(raw.map(mbps), 1)}; no encryption, hashing or fsync${q}`
+      })
+      rows.push({
+        figure: `${gib(size)} leader → follower, same runs, vs one bare libp2p stream`,
+        value: v,
+        unit: 'MB/s',
+        baseline: 'one libp2p stream, TCP + Noise + yamux defaults, memory → memory (2 node processes)',
+        baselineValue: median(bare.map(mbps)),
+        budget: null,
+        pass: null,
+        n: agent.length,
+        note: `bare stream range ${spread(bare.map(mbps), 1)}, ${(median(cpu.bare) / (size / MiB)).toFixed(2)} CPU-ms/MiB; the stack's ceiling before any file, hash or fsync${scpV != null ? `: ${(median(bare.map(mbps)) / scpV).toFixed(2)}× scp` : ''}${q}`
       })
       if (scpHash.length > 0) {
         rows.push({
