@@ -14,6 +14,7 @@ import { pino } from 'pino'
 import { Agent } from './agent.js'
 import type { AgentConfig } from './config.js'
 import { createLogger, type Logger } from './logger.js'
+import { tuneHeap } from './heap.js'
 import { EdgelinkError, errorMessage } from '../errors.js'
 import { CliError } from '../cli/errors.js'
 
@@ -26,6 +27,7 @@ export interface RunAgentOptions {
 const LOG_DRAIN_TIMEOUT_MS = 2000
 
 export async function runAgent (opts: RunAgentOptions): Promise<void> {
+  tuneHeap()
   const log = createLogger({ level: opts.config.logLevel })
   const agent = new Agent({ dataDir: opts.dataDir, config: opts.config, logger: log })
 
