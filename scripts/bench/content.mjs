@@ -295,7 +295,8 @@ async function agentTransfer (pair, file, { sampleRss = false } = {}) {
   // The leader's RSS while it receives the upload: streamed to disk, so bounded whatever the
   // file's size (a leak once kept every chunk of an upload until it ended: 1.1 GiB for 1 GiB).
   const up = { before: readRss(pair.leader.pid).rssMiB, max: 0 }
-  const upTimer = setInterval(() => { try { up.max = Math.max(up.max, readRss(pair.leader.pid).rssMiB) } catch { /* exited */ } }, 50)
+  const upSample = () => { try { up.max = Math.max(up.max, readRss(pair.leader.pid).rssMiB) } catch { /* exited */ } }
+  const upTimer = setInterval(upSample, 50)
   try {
     const t0 = now()
     let item
@@ -303,6 +304,7 @@ async function agentTransfer (pair, file, { sampleRss = false } = {}) {
       item = await upload(pair.leader.socket, file, 'bench.bin')
     } finally {
       clearInterval(upTimer)
+      upSample()
     }
     const t1 = now()
     const m1 = monoUs()
@@ -311,7 +313,7 @@ async function agentTransfer (pair, file, { sampleRss = false } = {}) {
     const cpu = cpuMs(pair.leader.pid).self + cpuMs(pair.follower.pid).self - c0
     const m2 = monoUs()
     sample()
-    return { uploadMs: t1 - t0, uploadRss: Math.max(0, up.max - up.before), ms: done.get('follower') - t1, cpu, digest: item.digest, rss, window: { from: m1, to: m2 } }
+    return { uploadMs: t1 - t0, uploadRss: up.max - up.before, ms: done.get('follower') - t1, cpu, digest: item.digest, rss, window: { from: m1, to: m2 } }
   } finally {
     clearInterval(timer)
   }

@@ -117,10 +117,6 @@ export async function fsyncDir (dir: string): Promise<void> {
   }
 }
 
-export function sha256 (data: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash('sha256').update(data).digest())
-}
-
 /**
  * A chunk's bytes: one array, or the pieces it arrived in (a stream's frame, as decrypted),
  * which are hashed and written where they lie rather than first copied into one buffer.
@@ -135,13 +131,12 @@ export function byteLength (data: Bytes): number {
 }
 
 /**
- * SHA-256 on this thread, over the pieces in turn. Not WebCrypto's digest on libuv's thread
- * pool: that copies its input first, and on this machine the copy of a fresh megabyte (page
- * faults on the event loop) cost 0.6 ms of the 0.9 ms the hash itself takes, so the event
- * loop gained little and the host paid 1.5 times the CPU (measured in session 6; see
- * protocols/sync.md).
+ * SHA-256 on this thread, of one array or of pieces in turn. Not WebCrypto's digest on
+ * libuv's thread pool: that copies its input first, and on this machine the copy of a fresh
+ * megabyte (page faults on the event loop) cost 0.6 ms of the 0.9 ms the hash itself takes,
+ * so the event loop gained little and the host paid 1.5 times the CPU (protocols/sync.md).
  */
-export function sha256Of (data: Bytes): Uint8Array {
+export function sha256 (data: Bytes): Uint8Array {
   const h = createHash('sha256')
   if (data instanceof Uint8Array) h.update(data)
   else for (const piece of data) h.update(piece)

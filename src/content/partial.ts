@@ -20,7 +20,7 @@ import { Mutex } from '../util/mutex.js'
 import { clearBit, countBits, getBit, setBit } from './bitmap.js'
 import type { Entry } from './blob-index.js'
 import { ChunkMismatchError, DigestMismatchError } from './errors.js'
-import { byteLength, equalBytes, readFully, sha256, sha256Of, writevFully, type Bytes } from './files.js'
+import { byteLength, equalBytes, readFully, sha256, writevFully, type Bytes } from './files.js'
 import { chunkLength, maxChunkLength, type ManifestView } from './manifest.js'
 
 export interface PartialBlob {
@@ -118,7 +118,7 @@ export class OpenPartial implements PartialBlob {
     const length = chunkLength(this.manifest, index)
     const got = byteLength(data)
     if (got !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${got} bytes; the manifest says ${length}`)
-    if (!equalBytes(sha256Of(data), this.manifest.chunks[index])) {
+    if (!equalBytes(sha256(data), this.manifest.chunks[index])) {
       throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
     }
     if (this.done || getBit(this.held, index)) return

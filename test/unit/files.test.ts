@@ -4,7 +4,7 @@ import { open, type FileHandle } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { byteLength, sha256Of, writevFully } from '../../src/content/files.js'
+import { byteLength, sha256, writevFully } from '../../src/content/files.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'edgelink-files-'))
 afterAll(() => { rmSync(dir, { recursive: true, force: true }) })
@@ -15,8 +15,8 @@ describe('chunk bytes in pieces', () => {
 
   it('hashes pieces as the bytes they make up', () => {
     const want = createHash('sha256').update(whole).digest()
-    expect(Buffer.from(sha256Of(pieces)).equals(want)).toBe(true)
-    expect(Buffer.from(sha256Of(whole)).equals(want)).toBe(true)
+    expect(Buffer.from(sha256(pieces)).equals(want)).toBe(true)
+    expect(Buffer.from(sha256(whole)).equals(want)).toBe(true)
     expect(byteLength(pieces)).toBe(whole.length)
     expect(byteLength(whole)).toBe(whole.length)
   })
