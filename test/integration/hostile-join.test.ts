@@ -121,6 +121,19 @@ describe('hostile peers on the join and roster protocols', () => {
     await hostile.group.relinquish()
   })
 
+  it('an undecodable request always gets the refusal, not a reset that drops it', async () => {
+    // Field 1 as a length-delimited field whose length runs past the frame: it cannot decode.
+    const bad = Uint8Array.from([0x0a, 0x7f, 0x01])
+    for (let i = 0; i < 20; i++) {
+      const join = await sendRaw(JOIN_PROTOCOL, [bad], true)
+      expect(join, `join, try ${i}`).toBeInstanceOf(Uint8Array)
+      expect(JoinResponse.decode(join as Uint8Array)).toMatchObject({ status: JoinStatus.BAD_REQUEST, message: 'malformed join request' })
+      const roster = await sendRaw(ROSTER_PROTOCOL, [bad], true)
+      expect(roster, `roster, try ${i}`).toBeInstanceOf(Uint8Array)
+      expect(RosterResponse.decode(roster as Uint8Array)).toMatchObject({ status: RosterStatus.INVALID, message: 'malformed roster request' })
+    }
+  })
+
   it('after all that, the leader still admits a valid follower', async () => {
     const newcomer = await set.start({ name: 'newcomer' })
     await newcomer.group.link((await leader.group.createToken()).token)
