@@ -2,12 +2,12 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import pWaitFor from 'p-wait-for'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { AgentSet, tempDir, testConfig, testLogger } from '../helpers/agents.js'
 import { Agent } from '../../src/agent/agent.js'
 import { SyncRefusedError, SyncSession, SyncStatus } from '../../src/content/sync-protocol.js'
 import { byteLength } from '../../src/content/files.js'
+import { waitFor } from '../helpers/wait.js'
 
 const FAST = {
   group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
@@ -16,7 +16,7 @@ const FAST = {
 const MiB = 1024 * 1024
 
 async function until (fn: () => boolean | Promise<boolean>, timeout = 60_000): Promise<void> {
-  await pWaitFor(fn, { timeout, interval: 50 })
+  await waitFor(fn, { timeout, interval: 50 })
 }
 
 async function * chunks (data: Buffer, size = 256 * 1024): AsyncGenerator<Uint8Array> {

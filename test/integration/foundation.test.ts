@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs'
 import { request } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
-import pWaitFor from 'p-wait-for'
+import { waitFor } from '../helpers/wait.js'
 import type { Agent } from '../../src/agent/agent.js'
 import type { PeerEntry } from '../../src/net/peers.js'
 import { AgentSet, tempDir } from '../helpers/agents.js'
@@ -46,9 +46,9 @@ function entryFor (peers: PeerEntry[], peerId: string): PeerEntry | undefined {
 }
 
 async function waitConnected (a: Agent, b: Agent): Promise<void> {
-  await pWaitFor(() => entryFor(a.peerList(), b.peerId)?.connected === true && entryFor(b.peerList(), a.peerId)?.connected === true, {
-    interval: 25,
-    timeout: { milliseconds: 10_000, message: new Error(`${a.config.hostname} and ${b.config.hostname} did not list each other as connected`) }
+  await waitFor(() => entryFor(a.peerList(), b.peerId)?.connected === true && entryFor(b.peerList(), a.peerId)?.connected === true, {
+    timeout: 10_000,
+    what: `${a.config.hostname} and ${b.config.hostname} to list each other as connected`
   })
 }
 
@@ -90,9 +90,9 @@ describe('two agents on 127.0.0.1 without mDNS', () => {
     await a.dial(addressOf(b))
     await waitConnected(a, b)
     await b.stop()
-    await pWaitFor(() => entryFor(a.peerList(), bId)?.connected === false, {
-      interval: 25,
-      timeout: { milliseconds: 10_000, message: new Error('a still lists b as connected after b stopped') }
+    await waitFor(() => entryFor(a.peerList(), bId)?.connected === false, {
+      timeout: 10_000,
+      what: 'a to stop listing b as connected after b stopped'
     })
     expect(a.peerList().map(p => p.peerId)).toEqual([bId])
   })

@@ -2,7 +2,6 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { request } from 'node:http'
-import pWaitFor from 'p-wait-for'
 import fc from 'fast-check'
 import type { Message } from '@libp2p/gossipsub'
 import { AgentSet, tempDir } from '../helpers/agents.js'
@@ -14,6 +13,7 @@ import { peerBytes, signSettings, signStatus, mapToLabels } from '../../src/stat
 import { loadOrCreateIdentity } from '../../src/identity/index.js'
 import type { LivenessState } from '../../src/status/liveness.js'
 import { ALIVE_PROTOCOL, HEARTBEAT, MAX_BYTES_PER_INTERVAL } from '../../src/status/heartbeat.js'
+import { waitFor } from '../helpers/wait.js'
 
 /** Shortened timers (serf's testConfig idea): liveness in hundreds of ms, not seconds. */
 const FAST = {
@@ -22,7 +22,7 @@ const FAST = {
 }
 
 async function until (fn: () => boolean | Promise<boolean>, timeout = 10_000): Promise<void> {
-  await pWaitFor(fn, { timeout, interval: 20 })
+  await waitFor(fn, { timeout, interval: 20 })
 }
 
 function labelsOf (viewer: Agent, target: Agent): Record<string, string> | undefined {

@@ -13,7 +13,6 @@ import { createHash, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import fc from 'fast-check'
-import pWaitFor from 'p-wait-for'
 import { lpStream } from '@libp2p/utils'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Stream } from '@libp2p/interface'
@@ -22,6 +21,7 @@ import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { MAX_SYNC_FRAME, MAX_SYNC_REQUEST, SYNC_PROTOCOL, SyncRequestType, SyncStatus } from '../../src/content/sync-protocol.js'
 import { SyncRequest, SyncResponse } from '../../src/wire/sync.js'
+import { waitFor } from '../helpers/wait.js'
 
 const FAST = {
   group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 5000, rpcTimeout: 5000, joinTimeout: 5000 },
@@ -35,7 +35,7 @@ const CHUNKS = 4
 const ANSWER_MS = 5_000
 
 async function until (fn: () => boolean | Promise<boolean>, timeout = 30_000): Promise<void> {
-  await pWaitFor(fn, { timeout, interval: 50 })
+  await waitFor(fn, { timeout, interval: 50 })
 }
 
 async function * chunksOf (data: Buffer, size = 256 * 1024): AsyncGenerator<Uint8Array> {

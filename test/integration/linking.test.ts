@@ -1,18 +1,18 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
 import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
-import pWaitFor from 'p-wait-for'
 import { multiaddr } from '@multiformats/multiaddr'
 import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
 import { ROSTER_PROTOCOL } from '../../src/group/roster-protocol.js'
+import { waitFor } from '../helpers/wait.js'
 
 /** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
 const FAST = { group: { reconnectInterval: 200, antiEntropyInterval: 500, dialTimeout: 4000, rpcTimeout: 4000, joinTimeout: 5000 } }
 
 async function until (fn: () => boolean | Promise<boolean>, timeout = 10_000): Promise<void> {
-  await pWaitFor(fn, { timeout, interval: 25 })
+  await waitFor(fn, { timeout, interval: 25 })
 }
 
 function hostsView (a: Agent): string[] {

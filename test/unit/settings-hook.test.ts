@@ -1,7 +1,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import pWaitFor from 'p-wait-for'
+import { waitFor } from '../helpers/wait.js'
 import { afterAll, describe, expect, it } from 'vitest'
 import { DEFAULT_MAX_OUTPUT_BYTES, MAX_MESSAGE_CHARS, runSettingsHook, type HookInput } from '../../src/settings/hook.js'
 
@@ -52,7 +52,7 @@ function isZombie (pid: number): boolean {
 /** True once `pid` is dead: kill(pid, 0) fails with ESRCH, or it is a zombie. */
 async function isGone (pid: number): Promise<boolean> {
   try {
-    await pWaitFor(() => !exists(pid) || isZombie(pid), { interval: 10, timeout: 1000 })
+    await waitFor(() => !exists(pid) || isZombie(pid), { interval: 10, timeout: 1000 })
     return true
   } catch {
     return false

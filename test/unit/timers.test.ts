@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
-import pWaitFor from 'p-wait-for'
+import { waitFor } from '../helpers/wait.js'
 import { JitteredInterval, jittered } from '../../src/util/timers.js'
 
 describe('jittered timers', () => {
@@ -21,7 +21,7 @@ describe('jittered timers', () => {
     let runs = 0
     const t = new JitteredInterval(() => { runs++; if (runs === 3) t.clear() }, 5)
     expect(t.active).toBe(true)
-    await pWaitFor(() => runs >= 3, { timeout: 2000 })
+    await waitFor(() => runs >= 3, { timeout: 2000 })
     expect(t.active).toBe(false)
     expect(runs).toBe(3)
   })
