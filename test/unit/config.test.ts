@@ -384,6 +384,21 @@ describe('resolveLayers with arbitrary JSON values', () => {
     }), { numRuns: 500 })
   })
 
+  it('a wrong type found only past what the walk looks at (no path) blames every layer given, and says so plainly', () => {
+    // 100 001 labels, then one whose value is a mapping with a "length" zod cannot compare:
+    // safeParse's walk stops before it, zod throws, and the error has no path to blame.
+    const labels: Record<string, unknown> = {}
+    for (let i = 0; i < 100_001; i++) labels[`k${i}`] = 'x'
+    labels.zz = { length: { toString: '' } }
+    const err = configErrorOf(() => resolveLayers([
+      { source: 'defaults', values: defaultConfig() as Record<string, unknown> },
+      { source: 'config file /etc/edgelink.yaml', values: { labels } },
+      { source: 'environment (EDGELINK_*)', values: {} }
+    ]))
+    expect(err.message).toMatch(/^invalid configuration: a value has the wrong type/)
+    expect(err.sources).toEqual(['config file /etc/edgelink.yaml', 'environment (EDGELINK_*)'])
+  })
+
   it('never blames the (valid) defaults: every source in a ConfigError is a layer that was given', () => {
     fc.assert(fc.property(layers, (ls) => {
       try {
