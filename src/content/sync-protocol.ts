@@ -230,7 +230,12 @@ export class SyncSession {
 
   static async open (node: EdgelinkNode, peer: PeerId, timeoutMs: number): Promise<SyncSession> {
     const stream = await node.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(timeoutMs) })
-    return new SyncSession(peer.toString(), stream, timeoutMs)
+    return SyncSession.over(peer.toString(), stream, timeoutMs)
+  }
+
+  /** A session on a stream already open to `peer` (open() dials one). */
+  static over (peer: string, stream: Stream, timeoutMs: number): SyncSession {
+    return new SyncSession(peer, stream, timeoutMs)
   }
 
   get usable (): boolean { return !this.broken && this.stream.status === 'open' }

@@ -4,13 +4,15 @@
  * SyncServer stub in place of its blob store.
  */
 import { randomBytes } from 'node:crypto'
+import fc from 'fast-check'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { MAX_CHUNK_SIZE } from '../../src/content/manifest.js'
-import { SYNC_PROTOCOL, SyncSession, syncHandler, type SyncServer } from '../../src/content/sync-protocol.js'
+import { SYNC_PROTOCOL, SyncRefusedError, SyncSession, syncHandler, type SyncServer } from '../../src/content/sync-protocol.js'
+import { SyncResponse, SyncStatus } from '../../src/wire/sync.js'
 
 describe('a sync session (the fetcher\'s stream)', () => {
   const set = new AgentSet()
@@ -68,6 +70,46 @@ describe('a sync session (the fetcher\'s stream)', () => {
     } finally {
       session.close()
     }
+  })
+
+  it('garbage answers (random bytes, endless or huge length prefixes) end the session with an error, never a hang or a wrong-sized chunk', async () => {
+    const GARBAGE = '/edgelink/test/garbage/1.0.0'
+    let answer = new Uint8Array()
+    await server.node.handle(GARBAGE, async (stream) => {
+      stream.send(answer)
+      await stream.close().catch(() => {})
+    })
+    const ok = SyncResponse.encode({ status: SyncStatus.SYNC_OK, message: '', manifest: new Uint8Array(), bitmap: new Uint8Array(), length: 1000, fetching: new Uint8Array() } as unknown as SyncResponse)
+    const header = Uint8Array.from([ok.byteLength, ...ok])
+    const answers = fc.oneof(
+      fc.uint8Array({ maxLength: 300 }),
+      fc.constant(Uint8Array.from([0x80, 0x80, 0x80, 0x80, 0x80, 0x01])), // a length prefix that never ends
+      fc.constant(Uint8Array.from([0xff, 0xff, 0xff, 0x7f])), // 256 MiB
+      fc.uint8Array({ maxLength: 300 }).map(tail => Uint8Array.from([...header, ...tail])) // a good header, then garbage
+    )
+    try {
+      await fc.assert(fc.asyncProperty(answers, async (bytes) => {
+        answer = bytes
+        const stream = await fetcher.node.dialProtocol(peerIdFromString(server.peerId), GARBAGE)
+        const session = SyncSession.over(server.peerId, stream, 3000)
+        const t0 = Date.now()
+        const result = await session.chunk('sha256:x', 0, 1000).then(c => c, (err: Error) => err)
+        expect(Date.now() - t0).toBeLessThan(3000)
+        // A refusal the bytes happen to decode to (BUSY, NOT_FOUND...) keeps the stream, as a real one does;
+        // anything else that is not a whole chunk ends it.
+        if (result instanceof SyncRefusedError) expect(result.status).not.toBe(SyncStatus.SYNC_OK)
+        else if (result instanceof Error) expect(session.usable).toBe(false)
+        else expect(result.byteLength).toBe(1000)
+        session.close()
+      }), { numRuns: 40 })
+    } finally {
+      await server.node.unhandle(GARBAGE)
+    }
+    // Both agents keep serving: a real chunk still arrives.
+    chunks = [randomBytes(5000)]
+    const session = await open()
+    expect(Buffer.compare(await session.chunk('sha256:x', 0, 5000), chunks[0])).toBe(0)
+    session.close()
   })
 
   it('a body of the wrong length is refused before it is read, and the session ends', async () => {
