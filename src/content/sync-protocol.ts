@@ -53,7 +53,7 @@ const MAX_VARINT_BYTES = 4
 /** The unsigned-varint length prefix lpStream writes. */
 function encodeLength (n: number): Uint8Array {
   const out: number[] = []
-  while (n >= 0x80) { out.push((n & 0x7f) | 0x80); n = Math.floor(n / 128) }
+  while (n >= 0x80) { out.push((n % 128) | 0x80); n = Math.floor(n / 128) }
   out.push(n)
   return Uint8Array.from(out)
 }
