@@ -118,44 +118,13 @@ export async function fsyncDir (dir: string): Promise<void> {
 }
 
 /**
- * A chunk's bytes: one array, or the pieces it arrived in (a stream's frame, as decrypted),
- * which are hashed and written where they lie rather than first copied into one buffer.
+ * SHA-256 on this thread. Not WebCrypto's digest on libuv's thread pool: that copies its
+ * input first, and on this machine the copy of a fresh megabyte (page faults on the event
+ * loop) cost 0.6 ms of the 0.9 ms the hash itself takes, so the event loop gained little
+ * and the host paid 1.5 times the CPU (protocols/sync.md).
  */
-export type Bytes = Uint8Array | readonly Uint8Array[]
-
-export function byteLength (data: Bytes): number {
-  if (data instanceof Uint8Array) return data.length
-  let n = 0
-  for (const piece of data) n += piece.length
-  return n
-}
-
-/**
- * SHA-256 on this thread, of one array or of pieces in turn. Not WebCrypto's digest on
- * libuv's thread pool: that copies its input first, and on this machine the copy of a fresh
- * megabyte (page faults on the event loop) cost 0.6 ms of the 0.9 ms the hash itself takes,
- * so the event loop gained little and the host paid 1.5 times the CPU (protocols/sync.md).
- */
-export function sha256 (data: Bytes): Uint8Array {
-  const h = createHash('sha256')
-  if (data instanceof Uint8Array) h.update(data)
-  else for (const piece of data) h.update(piece)
-  return new Uint8Array(h.digest())
-}
-
-/** writeFully for pieces: one writev(2) each time, at consecutive offsets, until all are written. */
-export async function writevFully (fh: FileHandle, data: Bytes, position: number): Promise<void> {
-  if (data instanceof Uint8Array) { await writeFully(fh, data, position); return }
-  let pieces = data.filter(p => p.length > 0)
-  while (pieces.length > 0) {
-    let { bytesWritten } = await fh.writev(pieces, position)
-    position += bytesWritten
-    // A short write (rare on a regular file): drop what was written and go on with the rest.
-    let i = 0
-    while (i < pieces.length && bytesWritten >= pieces[i].length) { bytesWritten -= pieces[i].length; i++ }
-    pieces = pieces.slice(i)
-    if (bytesWritten > 0) pieces[0] = pieces[0].subarray(bytesWritten)
-  }
+export function sha256 (data: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(data).digest())
 }
 
 export function equalBytes (a: Uint8Array, b: Uint8Array): boolean {

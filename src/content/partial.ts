@@ -20,7 +20,7 @@ import { Mutex } from '../util/mutex.js'
 import { clearBit, countBits, getBit, setBit } from './bitmap.js'
 import type { Entry } from './blob-index.js'
 import { ChunkMismatchError, DigestMismatchError } from './errors.js'
-import { byteLength, equalBytes, readFully, sha256, writevFully, type Bytes } from './files.js'
+import { equalBytes, readFully, sha256, writeFully } from './files.js'
 import { chunkLength, maxChunkLength, type ManifestView } from './manifest.js'
 
 export interface PartialBlob {
@@ -34,7 +34,7 @@ export interface PartialBlob {
   /** Chunks [0, hashed) are in the running whole-file hash (read back from the file). */
   readonly hashed: number
   /** Verify against the manifest (ChunkMismatchError, nothing written) and write at its offset. */
-  writeChunk: (index: number, data: Bytes) => Promise<void>
+  writeChunk: (index: number, data: Uint8Array) => Promise<void>
   /** Make written chunks durable (fdatasync), then record them in the bitmap. A crash loses at most unflushed chunks. */
   flush: () => Promise<void>
   /** All chunks held: verify the whole digest, fsync, rename into sha256/, index as complete. DigestMismatchError leaves the partial with the bad chunks unmarked. */
@@ -114,16 +114,15 @@ export class OpenPartial implements PartialBlob {
     return this.held
   }
 
-  async writeChunk (index: number, data: Bytes): Promise<void> {
+  async writeChunk (index: number, data: Uint8Array): Promise<void> {
     const length = chunkLength(this.manifest, index)
-    const got = byteLength(data)
-    if (got !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${got} bytes; the manifest says ${length}`)
+    if (data.length !== length) throw new ChunkMismatchError(`chunk ${index} of ${this.digest} is ${data.length} bytes; the manifest says ${length}`)
     if (!equalBytes(sha256(data), this.manifest.chunks[index])) {
       throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
     }
     if (this.done || getBit(this.held, index)) return
     const fh = this.openHandle()
-    const write = writevFully(fh, data, index * this.manifest.chunkSize)
+    const write = writeFully(fh, data, index * this.manifest.chunkSize)
     this.inflight.add(write)
     try {
       await write

@@ -255,31 +255,6 @@ describe('BlobStore partial transfers', () => {
     expect(blobs.list()).toEqual([{ digest: m.digest, state: 'complete', have: 6, total: 6, size: data.length }])
   })
 
-  it('takes a chunk in the pieces it arrived in (a stream frame), hashed and written without joining them', async () => {
-    const env = freshEnv()
-    const blobs = await openBlobs(env)
-    const p = await blobs.openPartial(m)
-    for (const i of [3, 0, 5, 1, 4, 2]) {
-      const chunk = chunkOf(data, m, i)
-      // Uneven pieces, an empty one among them, as a decrypted stream delivers them.
-      const cuts = [0, 1, 777, 777, 65_536, chunk.length - 3, chunk.length].filter(c => c <= chunk.length).sort((a, b) => a - b)
-      const pieces = cuts.slice(1).map((end, k) => chunk.subarray(cuts[k], end))
-      await p.writeChunk(i, pieces)
-    }
-    // A piece list with one flipped bit, or one byte short, is refused like a single array.
-    const bad = Uint8Array.from(chunkOf(data, m, 1))
-    bad[CHUNK_SIZE - 1] ^= 1
-    const fresh = await (await openBlobs(freshEnv())).openPartial(m)
-    expect((await errorOf(fresh.writeChunk(1, [bad.subarray(0, 10), bad.subarray(10)]))).name).toBe('ChunkMismatchError')
-    expect((await errorOf(fresh.writeChunk(1, [chunkOf(data, m, 1).subarray(1)]))).name).toBe('ChunkMismatchError')
-    expect(fresh.has(1)).toBe(false)
-    await fresh.close()
-    await p.flush()
-    await p.complete()
-    await p.close()
-    expect(Buffer.compare(readFileSync(blobs.path(m.digest)), data)).toBe(0)
-  })
-
   it('refuses a chunk with wrong bytes or length, and does not mark it', async () => {
     const blobs = await openBlobs(freshEnv())
     const p = await blobs.openPartial(m)
