@@ -176,7 +176,11 @@ export class BlobStore {
     const tmp = join(this.dirs.tmp, randomBytes(8).toString('hex'))
     const manifest = await receive(source, tmp, opts, this.log)
     try {
-      return await this.lock.run(async () => await this.commitUpload(tmp, manifest))
+      return await this.lock.run(async () => {
+        const stored = await this.commitUpload(tmp, manifest)
+        opts.onStored?.(stored.digest)
+        return stored
+      })
     } catch (err) {
       await rm(tmp, { force: true })
       throw err
@@ -190,7 +194,9 @@ export class BlobStore {
     return await this.lock.run(async () => {
       const held = this.index.get(digest)
       if (held?.state === 'complete') return new OpenPartial(this.host, held, undefined)
-      if (held?.open != null) {
+      // A transfer whose last holder is closing it (abandon() has begun) is not handed out
+      // again: it could never be written to. A new one is opened beside it from the durable bitmap.
+      if (held?.open != null && !held.open.isClosed) {
         if (!equalBytes(held.bytes, bytes)) throw new BadRequestError(`a transfer of ${digest} with a different manifest is open; close it first`, 'TRANSFER_CONFLICT')
         held.open.refs++
         return held.open
@@ -198,9 +204,19 @@ export class BlobStore {
       let resume = held?.state === 'partial' && equalBytes(held.bytes, bytes)
       if (held != null && !resume) this.log.warn({ digest }, 'manifest differs from the stored one; restarting the transfer')
       let bitmap = resume && held != null ? held.bitmap : emptyBitmap(manifest.chunks.length)
-      await this.ensureSpace(missingBytes(manifest, bitmap))
+      await this.ensureSpace(missingBytes(manifest, bitmap), this.reserved(digest))
       const file = join(this.dirs.partial, hexOf(digest))
       this.reads.forget(file)
+      const entryFor = (): Entry => ({ digest, state: 'partial', manifest: resume && held != null ? held.manifest : manifest, bytes, bitmap })
+      const persist = async (entry: Entry): Promise<void> => {
+        await this.db.batch([
+          { type: 'put', key: BLOB_PREFIX + digest, value: record(entry) },
+          { type: 'put', key: MANIFEST_PREFIX + digest, value: Buffer.from(bytes).toString('base64') }
+        ])
+      }
+      // Restarting: the empty bitmap is recorded before 'w+' empties the file, so that no
+      // crash in between leaves a stored bitmap describing bytes that are gone.
+      if (!resume && held != null) await persist(entryFor())
       let fh: FileHandle
       try {
         fh = await open(file, resume ? 'r+' : 'w+', 0o600)
@@ -213,11 +229,8 @@ export class BlobStore {
       }
       try {
         await fh.truncate(manifest.size)
-        const entry: Entry = { digest, state: 'partial', manifest: resume && held != null ? held.manifest : manifest, bytes, bitmap }
-        await this.db.batch([
-          { type: 'put', key: BLOB_PREFIX + digest, value: record(entry) },
-          { type: 'put', key: MANIFEST_PREFIX + digest, value: Buffer.from(bytes).toString('base64') }
-        ])
+        const entry = entryFor()
+        await persist(entry)
         this.index.set(digest, entry)
         entry.open = new OpenPartial(this.host, entry, fh)
         return entry.open
@@ -244,10 +257,16 @@ export class BlobStore {
     return await this.reads.readAt(this.path(digest), position, length)
   }
 
-  /** Forget a digest: complete file, partial file, index entry and manifest. An open transfer of it is closed. */
-  async remove (digest: string): Promise<void> {
+  /**
+   * Forget a digest: complete file, partial file, index entry and manifest. An open
+   * transfer of it is closed. `unless` is asked again once the store's lock is held (an
+   * upload of the same digest may have finished while this call waited); if it says
+   * true, nothing is removed and remove() resolves false.
+   */
+  async remove (digest: string, opts: { unless?: () => boolean } = {}): Promise<boolean> {
     const hex = hexOf(digest)
-    await this.lock.run(async () => {
+    return await this.lock.run(async () => {
+      if (opts.unless?.() === true) return false
       const e = this.index.get(digest)
       if (e?.open != null) await e.open.abandon()
       this.index.delete(digest)
@@ -257,12 +276,27 @@ export class BlobStore {
       this.reads.forget(join(this.dirs.partial, hex))
       await rm(join(this.dirs.complete, hex), { force: true })
       await rm(join(this.dirs.partial, hex), { force: true })
+      return true
     })
   }
 
-  private async ensureSpace (need: number): Promise<void> {
-    const have = await this.getFreeSpace()
+  /**
+   * `need` more bytes fit beside what open transfers other than `except` still have to
+   * write: partial files are sparse, so free space alone would let two transfers that
+   * each fit, but not both, start and then fail halfway.
+   */
+  private async ensureSpace (need: number, reserved = 0): Promise<void> {
+    const have = Math.max(0, await this.getFreeSpace() - reserved)
     if (need > have) throw new InsufficientSpaceError(need, have)
+  }
+
+  /** Bytes the open transfers (other than `except`) have yet to write. */
+  private reserved (except?: string): number {
+    let n = 0
+    for (const e of this.index.values()) {
+      if (e.digest !== except && e.state === 'partial' && e.open != null && !e.open.isClosed) n += missingBytes(e.manifest, e.open.heldBitmap())
+    }
+    return n
   }
 
   private async commitUpload (tmp: string, manifest: ManifestView): Promise<ManifestView> {

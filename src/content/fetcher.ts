@@ -79,6 +79,8 @@ export class ItemFetch {
   private readonly faults = new Map<string, number>()
   private readonly bannedUntil = new Map<string, number>()
   private wake: () => void = () => {}
+  /** A local failure (see stop()) that ends the fetch. */
+  private failure: { err: unknown } | undefined
   private unflushed = 0
   private lastFlush = Date.now()
   private readonly signal: AbortSignal
@@ -98,6 +100,7 @@ export class ItemFetch {
     try {
       await this.refreshHave()
       while (this.partial.missing().length > 0) {
+        if (this.failure != null) throw this.failure.err
         if (this.signal.aborted) throw new Error('fetch cancelled')
         const changed = new Promise<void>(resolve => { this.wake = resolve })
         this.spawnWorkers()
@@ -235,7 +238,7 @@ export class ItemFetch {
     }
     try {
       for (;;) {
-        if (this.signal.aborted) return
+        if (this.signal.aborted || this.failure != null) return
         // More members can serve now: leave this one's extra streams to them.
         if ((this.workers.get(peer) ?? 0) > this.perPeerNow(peer)) return
         const index = this.available(peer)
@@ -245,9 +248,18 @@ export class ItemFetch {
           const length = chunkLength(this.partial.manifest, index)
           const data = await session.chunk(this.partial.digest, index, length)
           this.d.received(peer, length)
-          await this.partial.writeChunk(index, data)
-          this.d.progress()
-          await this.maybeFlush()
+          try {
+            await this.partial.writeChunk(index, data)
+            this.d.progress()
+            await this.maybeFlush()
+          } catch (err) {
+            if (err instanceof ChunkMismatchError) throw err
+            // This host's fault (a full disk, an I/O error), not the member's: blaming it and
+            // fetching the chunk again would only download it again and again. The fetch ends
+            // with the error, and the service shows it and retries later.
+            this.stop(err)
+            return
+          }
         } catch (err) {
           if (err instanceof SyncRefusedError && err.status === SyncStatus.SYNC_BUSY) {
             // A whole-file holder sent it to another member just now: take it from there, and
@@ -281,6 +293,12 @@ export class ItemFetch {
     } finally {
       session.close()
     }
+  }
+
+  /** End the fetch with a local failure: no new chunk requests; run() rejects with `err`. */
+  private stop (err: unknown): void {
+    this.failure ??= { err }
+    this.wake()
   }
 
   /** Durable every 16 chunks or second: a crash re-fetches at most that much. */

@@ -16,6 +16,11 @@ export interface IngestOptions {
   expectedSize?: number
   /** Called with the bytes received so far. */
   onProgress?: (bytes: number) => void
+  /**
+   * Called with the digest once the file is in the store (or was already), inside the
+   * store's lock: before any remove() queued meanwhile runs (see BlobStore.remove's `unless`).
+   */
+  onStored?: (digest: string) => void
 }
 
 /**

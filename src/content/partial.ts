@@ -110,6 +110,11 @@ export class OpenPartial implements PartialBlob {
     return this.done ? this.manifest.chunks.length : this.prefix
   }
 
+  /** close() or abandon() has begun: this transfer takes no more chunks. */
+  get isClosed (): boolean {
+    return this.closed
+  }
+
   heldBitmap (): Uint8Array {
     return this.held
   }

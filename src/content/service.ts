@@ -19,9 +19,10 @@ import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
 import { BlobStore, InsufficientSpaceError } from './blobs.js'
 import { encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
-import { CONTENT_KINDS, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
+import { CONTENT_KINDS, MAX_CATALOG_ITEMS, signCatalog, verifyCatalog, type CatalogItemView, type CatalogView, type ContentKind, type SignedCatalog } from './catalog.js'
 import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
 import { ItemFetch, type FetchOptions } from './fetcher.js'
+import { missingBytes } from './bitmap.js'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { sameBytes } from '../util/bytes.js'
 import { contentNameProblem } from './names.js'
@@ -84,7 +85,11 @@ export class ContentService implements ContentHooks, SyncServer {
   /** Running fetches, so stop() can wait for their last flush before the store closes. */
   private readonly inflight = new Set<Promise<void>>()
   private readonly retries = new Map<string, NodeJS.Timeout>()
+  /** Uploads stored and not yet listed in the catalog, by digest (a count: the same file may be uploaded twice at once). */
+  private readonly uploading = new Map<string, number>()
   private readonly changeLock = new Mutex()
+  /** The highest catalog version seen in a valid catalog, kept or not (issue() goes above it). */
+  private seenVersion = 0
   private readonly fetchOptions: FetchOptions
   /** Bytes served to and received from each member since start (the swarming measurement). */
   readonly traffic = { served: new Map<string, number>(), received: new Map<string, number>(), faults: new Map<string, number>() }
@@ -139,7 +144,27 @@ export class ContentService implements ContentHooks, SyncServer {
     if (nameProblem != null) throw new BadRequestError(nameProblem, 'CONTENT_NAME_INVALID')
     if (!(CONTENT_KINDS as readonly string[]).includes(opts.kind)) throw new BadRequestError(`kind must be one of ${CONTENT_KINDS.join(', ')}`, 'CONTENT_KIND_INVALID')
     this.requireLeader('upload content')
-    const manifest = await this.blobs.ingest(source, { signal: opts.signal, expectedSize: opts.size })
+    // From the moment the file is stored until the catalog lists it (or the upload fails),
+    // schedule() must not delete it as "no longer in the catalog".
+    let stored: string | undefined
+    const manifest = await this.blobs.ingest(source, {
+      signal: opts.signal,
+      expectedSize: opts.size,
+      onStored: (digest) => { stored = digest; this.uploading.set(digest, (this.uploading.get(digest) ?? 0) + 1) }
+    })
+    try {
+      return await this.listUpload(manifest, opts)
+    } finally {
+      if (stored != null) {
+        const n = (this.uploading.get(stored) ?? 1) - 1
+        if (n > 0) this.uploading.set(stored, n)
+        else this.uploading.delete(stored)
+        if (!this.inCatalog(stored)) this.schedule() // the upload failed to be listed: delete it now
+      }
+    }
+  }
+
+  private async listUpload (manifest: ManifestView, opts: { name: string, kind: string }): Promise<CatalogItemView> {
     return await this.changeLock.run(async () => {
       this.requireLeader('upload content')
       const items = (this.current?.view.items ?? []).filter(i => i.digest !== manifest.digest)
@@ -221,9 +246,28 @@ export class ContentService implements ContentHooks, SyncServer {
     if (r == null || c.view.groupId !== r.groupId || c.view.term > r.term) return 'refused'
     const leader = await this.c.group.leaderOfTerm(c.view.term).catch(() => undefined)
     if (leader !== c.view.issuer) return 'refused'
-    if (this.current != null && this.current.view.version >= c.view.version) return 'stale'
+    this.seenVersion = Math.max(this.seenVersion, c.view.version)
+    const mine = this.current?.view
+    if (mine != null && r.leader === this.self && mine.term === r.term && c.view.term < r.term) {
+      // This leader issued in its term without having seen this catalog of an earlier one
+      // (missed while it was a follower). Neither may win alone: keeping ours would drop
+      // what the old leader added, keeping theirs what we added. Issue the union instead.
+      if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
+      return 'stale'
+    }
+    if (mine != null && !newerCatalog(c.view, mine)) return 'stale'
     await this.keep(c)
     return 'stored'
+  }
+
+  /** See receive(): list every item of `theirs` that ours lacks, in a new version above both. */
+  private async mergeCatalog (theirs: SignedCatalog, via: string): Promise<void> {
+    await this.changeLock.run(async () => {
+      const mine = this.current?.view.items ?? []
+      const added = theirs.view.items.filter(i => !mine.some(m => m.digest === i.digest))
+      this.c.log.warn({ via, term: theirs.view.term, version: theirs.view.version, added: added.length }, 'catalog of an earlier term that this leader had not seen; issuing the union of both')
+      await this.issue([...mine, ...added].slice(0, MAX_CATALOG_ITEMS))
+    }).catch(err => { this.c.log.warn({ err: errorMessage(err) }, 'cannot merge an earlier catalog') })
   }
 
   // ---- SyncServer ---------------------------------------------------------------------
@@ -271,7 +315,10 @@ export class ContentService implements ContentHooks, SyncServer {
 
   private async issue (items: CatalogItemView[]): Promise<void> {
     const r = this.c.group.requireMembership().record.roster
-    const signed = await signCatalog({ groupId: r.groupId, version: (this.current?.view.version ?? 0) + 1, items, issuer: this.self, term: r.term }, this.c.privateKey)
+    // Above every version seen, not only the one held: a catalog this host refused as older
+    // by term may carry a higher version, and members holding it would refuse ours.
+    const version = Math.max(this.current?.view.version ?? 0, this.seenVersion) + 1
+    const signed = await signCatalog({ groupId: r.groupId, version, items, issuer: this.self, term: r.term }, this.c.privateKey)
     await this.keep(signed)
     await this.c.status.publishCatalog(signed.bytes)
   }
@@ -281,6 +328,11 @@ export class ContentService implements ContentHooks, SyncServer {
     await this.db.put('catalog', Buffer.from(c.bytes).toString('base64'))
     this.schedule()
     void this.c.status.publish(true)
+  }
+
+  /** What this host keeps: what the catalog lists, and uploads on their way into it. */
+  private keeps (digest: string): boolean {
+    return this.inCatalog(digest) || this.uploading.has(digest)
   }
 
   private inCatalog (digest: string): boolean {
@@ -324,12 +376,18 @@ export class ContentService implements ContentHooks, SyncServer {
     }
     for (const e of this.blobs.list()) {
       if (!wanted.has(e.digest)) {
-        this.blobs.remove(e.digest).then(() => {
-          this.c.log.info({ digest: e.digest }, 'removed content no longer in the catalog')
+        this.blobs.remove(e.digest, { unless: () => this.keeps(e.digest) }).then(removed => {
+          if (removed) this.c.log.info({ digest: e.digest }, 'removed content no longer in the catalog')
         }, err => { this.c.log.warn({ digest: e.digest, err: errorMessage(err) }, 'cannot remove content') })
       }
     }
-    if (this.c.group.membership == null) return
+    if (this.c.group.membership == null) {
+      // Unlinked: members no longer serve this host (they check on every request), so
+      // stop asking. What is held stays; a new group's catalog decides what to keep.
+      for (const ctl of this.active.values()) ctl.abort()
+      this.active.clear()
+      return
+    }
     for (const item of items) {
       if (!this.blobs.has(item.digest) && !this.active.has(item.digest) && !this.retries.has(item.digest)) this.fetch(item)
     }
@@ -342,14 +400,19 @@ export class ContentService implements ContentHooks, SyncServer {
     const run = this.fetchItem(item, ctl.signal).then(() => {
       this.local.delete(item.digest)
       this.c.log.info({ digest: item.digest, name: item.name }, 'content complete')
-    }, (err: unknown) => {
+    }, async (err: unknown) => {
       if (ctl.signal.aborted) return
-      const message = err instanceof InsufficientSpaceError ? err.message : errorMessage(err)
+      const message = isNoSpace(err) ? (await this.noSpace(item)).message : errorMessage(err)
       this.local.set(item.digest, { state: 'error', error: message })
       this.c.log.warn({ digest: item.digest, err: message }, 'content sync failed; will retry')
       this.retries.set(item.digest, setTimeout(() => { this.retries.delete(item.digest); this.schedule() }, RETRY_MS))
-    }).finally(() => {
+    }).finally(async () => {
       if (this.active.get(item.digest) === ctl) this.active.delete(item.digest)
+      // Removed from the catalog while this fetch was starting (schedule() found nothing to
+      // delete then, and openPartial created the partial after), or finishing: delete it now.
+      if (this.running && !this.keeps(item.digest) && this.blobs.list().some(e => e.digest === item.digest)) {
+        await this.blobs.remove(item.digest, { unless: () => this.keeps(item.digest) }).catch(e => { this.c.log.warn({ digest: item.digest, err: errorMessage(e) }, 'cannot remove content') })
+      }
       this.inflight.delete(run)
       if (this.running) void this.c.status.publish(true)
     })
@@ -383,6 +446,15 @@ export class ContentService implements ContentHooks, SyncServer {
     }
   }
 
+  /** The state a full disk shows: what the item still needs against what is free. */
+  private async noSpace (item: CatalogItemView): Promise<InsufficientSpaceError> {
+    const m = this.blobs.manifest(item.digest)
+    const bits = this.blobs.bitmap(item.digest)
+    const need = m != null && bits != null ? missingBytes(m, bits) : item.size
+    const have = await this.blobs.freeSpace().catch(() => 0)
+    return new InsufficientSpaceError(need, have)
+  }
+
   /** Ask members for the manifest; accept only one whose digest the catalog names. */
   private async fetchManifest (item: CatalogItemView): Promise<ManifestView> {
     const peers = (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self)
@@ -406,6 +478,22 @@ export class ContentService implements ContentHooks, SyncServer {
     }
     throw new Error('no member could provide the manifest yet')
   }
+}
+
+/**
+ * Catalogs are ordered by version, then by term: two leaders in turn may issue the same
+ * version (the second had not seen the first's), and the later term's wins until its
+ * leader issues their union (see ContentService.receive).
+ */
+export function newerCatalog (a: CatalogView, b: CatalogView): boolean {
+  return a.version > b.version || (a.version === b.version && a.term > b.term)
+}
+
+/** A write failed because the file system is full (or the quota is used up). */
+function isNoSpace (err: unknown): boolean {
+  if (err instanceof InsufficientSpaceError) return true
+  const code = (err as NodeJS.ErrnoException | undefined)?.code
+  return code === 'ENOSPC' || code === 'EDQUOT'
 }
 
 function pct (have: number, total: number): number {

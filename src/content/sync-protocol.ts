@@ -66,12 +66,12 @@ export function syncHandler (server: SyncServer, log: Logger) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
     const peer = connection.remotePeer.toString()
     const lp = lpStream(stream, { maxDataLength: MAX_SYNC_REQUEST })
+    const refuse = async (): Promise<void> => {
+      await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_MEMBER, { message: 'only members of this group may fetch its content' })), { signal: AbortSignal.timeout(5000) })
+      await stream.close()
+    }
     try {
-      if (!server.authorize(peer)) {
-        await lp.write(SyncResponse.encode(res(SyncStatus.SYNC_NOT_MEMBER, { message: 'only members of this group may fetch its content' })), { signal: AbortSignal.timeout(5000) })
-        await stream.close()
-        return
-      }
+      if (!server.authorize(peer)) return await refuse()
       for (;;) {
         let req: SyncRequest
         try {
@@ -82,6 +82,9 @@ export function syncHandler (server: SyncServer, log: Logger) {
           await endInvalid(stream, lp, err)
           return
         }
+        // Membership is checked on every request, not only when the stream opens: a host
+        // unlinked while its streams are open gets nothing more on them.
+        if (!server.authorize(peer)) return await refuse()
         const signal = AbortSignal.timeout(SYNC_IDLE_MS)
         if (req.type === SyncRequestType.GET_MANIFEST) {
           const m = server.manifest(req.digest)
