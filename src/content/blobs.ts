@@ -151,6 +151,11 @@ export class BlobStore {
     return await this.getFreeSpace()
   }
 
+  /** Free space less what open transfers other than `except` still have to write. */
+  async available (except?: string): Promise<number> {
+    return Math.max(0, await this.getFreeSpace() - this.reserved(except))
+  }
+
   /** Bitmap of verified chunks (bit i of byte i>>3, LSB first), all ones for complete; undefined if unknown. */
   bitmap (digest: string): Uint8Array | undefined {
     const e = this.index.get(digest)
@@ -204,7 +209,7 @@ export class BlobStore {
       let resume = held?.state === 'partial' && equalBytes(held.bytes, bytes)
       if (held != null && !resume) this.log.warn({ digest }, 'manifest differs from the stored one; restarting the transfer')
       let bitmap = resume && held != null ? held.bitmap : emptyBitmap(manifest.chunks.length)
-      await this.ensureSpace(missingBytes(manifest, bitmap), this.reserved(digest))
+      await this.ensureSpace(missingBytes(manifest, bitmap), digest)
       const file = join(this.dirs.partial, hexOf(digest))
       this.reads.forget(file)
       const entryFor = (): Entry => ({ digest, state: 'partial', manifest: resume && held != null ? held.manifest : manifest, bytes, bitmap })
@@ -285,8 +290,8 @@ export class BlobStore {
    * write: partial files are sparse, so free space alone would let two transfers that
    * each fit, but not both, start and then fail halfway.
    */
-  private async ensureSpace (need: number, reserved = 0): Promise<void> {
-    const have = Math.max(0, await this.getFreeSpace() - reserved)
+  private async ensureSpace (need: number, except?: string): Promise<void> {
+    const have = await this.available(except)
     if (need > have) throw new InsufficientSpaceError(need, have)
   }
 

@@ -19,7 +19,7 @@ import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
 import { BlobStore, InsufficientSpaceError } from './blobs.js'
 import { encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
-import { CONTENT_KINDS, MAX_CATALOG_ITEMS, signCatalog, verifyCatalog, type CatalogItemView, type CatalogView, type ContentKind, type SignedCatalog } from './catalog.js'
+import { CONTENT_KINDS, MAX_CATALOG_ITEMS, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
 import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
 import { ItemFetch, type FetchOptions } from './fetcher.js'
 import { missingBytes } from './bitmap.js'
@@ -255,7 +255,9 @@ export class ContentService implements ContentHooks, SyncServer {
       if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
       return 'stale'
     }
-    if (mine != null && !newerCatalog(c.view, mine)) return 'stale'
+    // Versions only: a member holding an old term's catalog of the same version as the new
+    // leader's keeps it, and so can hand it to the leader (pulls), which then merges.
+    if (mine != null && c.view.version <= mine.version) return 'stale'
     await this.keep(c)
     return 'stored'
   }
@@ -402,7 +404,7 @@ export class ContentService implements ContentHooks, SyncServer {
       this.c.log.info({ digest: item.digest, name: item.name }, 'content complete')
     }, async (err: unknown) => {
       if (ctl.signal.aborted) return
-      const message = isNoSpace(err) ? (await this.noSpace(item)).message : errorMessage(err)
+      const message = err instanceof InsufficientSpaceError ? err.message : isNoSpace(err) ? (await this.noSpace(item)).message : errorMessage(err)
       this.local.set(item.digest, { state: 'error', error: message })
       this.c.log.warn({ digest: item.digest, err: message }, 'content sync failed; will retry')
       this.retries.set(item.digest, setTimeout(() => { this.retries.delete(item.digest); this.schedule() }, RETRY_MS))
@@ -451,7 +453,7 @@ export class ContentService implements ContentHooks, SyncServer {
     const m = this.blobs.manifest(item.digest)
     const bits = this.blobs.bitmap(item.digest)
     const need = m != null && bits != null ? missingBytes(m, bits) : item.size
-    const have = await this.blobs.freeSpace().catch(() => 0)
+    const have = await this.blobs.available(item.digest).catch(() => 0)
     return new InsufficientSpaceError(need, have)
   }
 
@@ -478,15 +480,6 @@ export class ContentService implements ContentHooks, SyncServer {
     }
     throw new Error('no member could provide the manifest yet')
   }
-}
-
-/**
- * Catalogs are ordered by version, then by term: two leaders in turn may issue the same
- * version (the second had not seen the first's), and the later term's wins until its
- * leader issues their union (see ContentService.receive).
- */
-export function newerCatalog (a: CatalogView, b: CatalogView): boolean {
-  return a.version > b.version || (a.version === b.version && a.term > b.term)
 }
 
 /** A write failed because the file system is full (or the quota is used up). */
