@@ -121,7 +121,7 @@ export class ItemFetch {
       if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) return
       let session: SyncSession | undefined
       try {
-        session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs)
+        session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs, this.signal)
         const { have, fetching } = await session.haveAndFetching(digest)
         this.have.set(peer, have)
         this.fetchingAt.set(peer, fetching)
@@ -228,7 +228,7 @@ export class ItemFetch {
   private async worker (peer: string): Promise<void> {
     let session: SyncSession
     try {
-      session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs)
+      session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs, this.signal)
     } catch (err) {
       this.d.log.debug({ peer, err: errorMessage(err) }, 'cannot open a sync stream')
       this.have.delete(peer)
@@ -279,6 +279,7 @@ export class ItemFetch {
             }
             continue
           }
+          if (this.signal.aborted) return // the fetch was cancelled (its streams with it)
           this.d.log.info({ peer, index, err: errorMessage(err) }, 'chunk request failed; fetching it elsewhere')
           // Forget what it holds until the next refresh: a stalled or vanished member gets no more work now,
           // and for a while is no reason to pass over a whole-file holder.

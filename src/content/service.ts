@@ -422,7 +422,7 @@ export class ContentService implements ContentHooks, SyncServer {
   }
 
   private async fetchItem (item: CatalogItemView, signal: AbortSignal): Promise<void> {
-    const manifest = this.blobs.manifest(item.digest) ?? await this.fetchManifest(item)
+    const manifest = this.blobs.manifest(item.digest) ?? await this.fetchManifest(item, signal)
     const partial = await this.blobs.openPartial(manifest)
     try {
       let lastPublish = 0
@@ -458,12 +458,13 @@ export class ContentService implements ContentHooks, SyncServer {
   }
 
   /** Ask members for the manifest; accept only one whose digest the catalog names. */
-  private async fetchManifest (item: CatalogItemView): Promise<ManifestView> {
+  private async fetchManifest (item: CatalogItemView, signal: AbortSignal): Promise<ManifestView> {
     const peers = (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self)
     for (const peer of peers) {
+      signal.throwIfAborted()
       let session: SyncSession | undefined
       try {
-        session = await SyncSession.open(this.c.node, peerIdFromString(peer), this.fetchOptions.chunkTimeoutMs)
+        session = await SyncSession.open(this.c.node, peerIdFromString(peer), this.fetchOptions.chunkTimeoutMs, signal)
         const bytes = await session.manifest(item.digest)
         if (Buffer.from(manifestDigest(bytes)).toString('hex') !== item.manifestDigest) {
           this.c.log.warn({ peer, digest: item.digest }, 'member sent a manifest that does not match the catalog')

@@ -221,9 +221,14 @@ export class SyncSession {
   /** Where chunk bodies are assembled; one per session, reused (see chunk()). */
   private body: Buffer | undefined
 
-  private constructor (peer: string, stream: Stream, timeoutMs: number) {
+  private readonly cancel: AbortSignal | undefined
+  private readonly onCancel = (): void => { this.broken = true; this.stream.abort(new Error('sync session cancelled')) }
+
+  private constructor (peer: string, stream: Stream, timeoutMs: number, cancel?: AbortSignal) {
     this.peer = peer
     this.stream = stream
+    this.cancel = cancel
+    cancel?.addEventListener('abort', this.onCancel, { once: true })
     // What waits here is a response header (a manifest of the largest file: 2.2 MB) or up to
     // one BODY_PIECE, plus what the yamux window lets in: whatever the chunk size (up to
     // 16 MiB), the buffer never holds a whole chunk, so lpStream's 4 MiB default is ample.
@@ -231,14 +236,20 @@ export class SyncSession {
     this.timeoutMs = timeoutMs
   }
 
-  static async open (node: EdgelinkNode, peer: PeerId, timeoutMs: number): Promise<SyncSession> {
-    const stream = await node.dialProtocol(peer, SYNC_PROTOCOL, { signal: AbortSignal.timeout(timeoutMs) })
-    return SyncSession.over(peer.toString(), stream, timeoutMs)
+  /** `cancel`: aborting it ends the dial, and the session's stream with whatever request is waiting. */
+  static async open (node: EdgelinkNode, peer: PeerId, timeoutMs: number, cancel?: AbortSignal): Promise<SyncSession> {
+    const timeout = AbortSignal.timeout(timeoutMs)
+    const stream = await node.dialProtocol(peer, SYNC_PROTOCOL, { signal: cancel == null ? timeout : AbortSignal.any([timeout, cancel]) })
+    if (cancel?.aborted === true) {
+      stream.abort(new Error('sync session cancelled'))
+      throw new Error('sync session cancelled')
+    }
+    return SyncSession.over(peer.toString(), stream, timeoutMs, cancel)
   }
 
   /** A session on a stream already open to `peer` (open() dials one). */
-  static over (peer: string, stream: Stream, timeoutMs: number): SyncSession {
-    return new SyncSession(peer, stream, timeoutMs)
+  static over (peer: string, stream: Stream, timeoutMs: number, cancel?: AbortSignal): SyncSession {
+    return new SyncSession(peer, stream, timeoutMs, cancel)
   }
 
   get usable (): boolean { return !this.broken && this.stream.status === 'open' }
@@ -298,6 +309,7 @@ export class SyncSession {
   }
 
   close (): void {
+    this.cancel?.removeEventListener('abort', this.onCancel)
     this.broken = true
     this.stream.close().catch(() => { this.stream.abort(new Error('closed')) })
   }

@@ -15,7 +15,7 @@ import { Agent } from '../../src/agent/agent.js'
 import type { PartialBlob } from '../../src/content/blobs.js'
 import { verifyCatalog, type CatalogView } from '../../src/content/catalog.js'
 import type { HostItemState } from '../../src/content/service.js'
-import { SyncSession, SyncStatus } from '../../src/content/sync-protocol.js'
+import { SYNC_PROTOCOL, SyncSession, SyncStatus } from '../../src/content/sync-protocol.js'
 import { waitFor } from '../helpers/wait.js'
 
 const FAST = {
@@ -236,6 +236,25 @@ describe('sync regressions from the store and sync-path review', () => {
     await until(() => opened === 1)
     await until(() => f1.content.blobs.list().length === 0 && readdirSync(join(f1.paths.blobs, 'partial')).length === 0, 10_000)
     expect(f1.content.blobs.has(item.digest)).toBe(false)
+  })
+
+  it('stopping a host whose fetch waits on a member that never answers takes no longer than the stop itself', async () => {
+    const leader = await start('lead')
+    const dir = tempDir('el-patient-')
+    // A long request timeout: without cancellation, stop() would wait for it to run out.
+    const f1 = new Agent({ dataDir: dir, config: testConfig('f1', FAST), logger: testLogger('f1'), contentTuning: { chunkTimeoutMs: 120_000 } })
+    await f1.start()
+    set.agents.push(f1)
+    await link(leader, f1)
+    // The leader now takes sync requests and never answers them.
+    const asked = gate()
+    await leader.node.unhandle(SYNC_PROTOCOL)
+    await leader.node.handle(SYNC_PROTOCOL, async (stream) => { asked.open(); await new Promise<void>(resolve => stream.addEventListener('close', () => { resolve() })) })
+    await leader.content.add(chunks(randomBytes(MiB)), { name: 'waiting', kind: 'file', size: MiB })
+    await asked.passed
+    const stopped = f1.stop().then(() => 'stopped' as const)
+    const outcome = await Promise.race([stopped, new Promise<'still waiting'>(resolve => { setTimeout(() => { resolve('still waiting') }, 30_000).unref() })])
+    expect(outcome).toBe('stopped')
   })
 
   /**
