@@ -5,30 +5,19 @@
  * remove()'s `unless` asked under the store's lock.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { pino } from 'pino'
-import { BlobStore, InsufficientSpaceError, type BlobStoreOptions, type PartialBlob } from '../../src/content/blobs.js'
-import { CHUNK_SIZE, MIN_CHUNK_SIZE, type ManifestView } from '../../src/content/manifest.js'
-import { Store, type Sublevel } from '../../src/store/index.js'
+import { describe, expect, it } from 'vitest'
+import { InsufficientSpaceError, type BlobStore, type BlobStoreOptions, type PartialBlob } from '../../src/content/blobs.js'
+import { CHUNK_SIZE, MIN_CHUNK_SIZE } from '../../src/content/manifest.js'
+import type { Sublevel } from '../../src/store/index.js'
+import { chunkOf, errorOf, manifestOf, pieces, useBlobEnvs, type Env } from '../helpers/blobs.js'
 
-const root = mkdtempSync(join(tmpdir(), 'el-blobs-review-'))
-afterAll(() => { rmSync(root, { recursive: true, force: true }) })
-const log = pino({ level: 'silent' })
+const { freshEnv, openBlobs: open } = useBlobEnvs('el-blobs-review-')
 const MiB = 1024 * 1024
 
-/** A data dir: blobs/ and the LevelDB store; one Store open at a time (LevelDB's lock). */
-interface Env { dir: string, blobs: string, storeDir: string, store?: Store }
-const envs: Env[] = []
-afterEach(async () => { for (const env of envs.splice(0)) await closeEnv(env) })
-
-function freshEnv (): Env {
-  const dir = mkdtempSync(join(root, 'dd-'))
-  const env = { dir, blobs: join(dir, 'blobs'), storeDir: join(dir, 'store') }
-  envs.push(env)
-  return env
+function sha256 (data: Uint8Array): Buffer {
+  return createHash('sha256').update(data).digest()
 }
 
 /**
@@ -36,13 +25,9 @@ function freshEnv (): Env {
  * `failBatch` stands for a crash (kill -9, or a LevelDB write error) at a batch write.
  */
 async function openBlobs (env: Env, opts?: BlobStoreOptions, failBatch?: () => boolean): Promise<BlobStore> {
-  await closeEnv(env)
-  if (!envs.includes(env)) envs.push(env)
-  env.store = await Store.open({ location: env.storeDir })
-  const real = env.store.sublevel<unknown>('content')
-  const db: Sublevel<unknown> = failBatch == null
-    ? real
-    : {
+  return await open(env, opts, failBatch == null
+    ? undefined
+    : (real): Sublevel<unknown> => ({
         get: async (k) => await real.get(k),
         put: async (k, v, o) => { await real.put(k, v, o) },
         del: async (k, o) => { await real.del(k, o) },
@@ -53,43 +38,7 @@ async function openBlobs (env: Env, opts?: BlobStoreOptions, failBatch?: () => b
           if (failBatch()) throw new Error('crash at this batch')
           await real.batch(ops, o)
         }
-      }
-  const blobs = new BlobStore(env.blobs, db, log, opts)
-  await blobs.init()
-  return blobs
-}
-
-async function closeEnv (env: Env): Promise<void> {
-  await env.store?.close()
-  env.store = undefined
-}
-
-function sha256 (data: Uint8Array): Buffer {
-  return createHash('sha256').update(data).digest()
-}
-
-/** The manifest of `data`, computed independently of the code under test. */
-function manifestOf (data: Uint8Array, chunkSize = CHUNK_SIZE): ManifestView {
-  const chunks: Uint8Array[] = []
-  for (let off = 0; off < data.length; off += chunkSize) chunks.push(new Uint8Array(sha256(data.subarray(off, off + chunkSize))))
-  return { digest: `sha256:${sha256(data).toString('hex')}`, size: data.length, chunkSize, chunks }
-}
-
-function chunkOf (data: Uint8Array, m: ManifestView, i: number): Uint8Array {
-  return data.subarray(i * m.chunkSize, Math.min(data.length, (i + 1) * m.chunkSize))
-}
-
-async function * pieces (data: Uint8Array, size = 100_000): AsyncGenerator<Uint8Array> {
-  for (let off = 0; off < data.length; off += size) yield data.subarray(off, off + size)
-}
-
-async function errorOf (p: Promise<unknown>): Promise<Error & { code?: string }> {
-  try {
-    await p
-  } catch (err) {
-    return err as Error & { code?: string }
-  }
-  throw new Error('expected the promise to reject')
+      }))
 }
 
 function ls (dir: string): string[] {

@@ -1,80 +1,23 @@
 import { spawn } from 'node:child_process'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statfsSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statfsSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { pino } from 'pino'
-import { BlobStore, type BlobStoreOptions, type PartialBlob } from '../../src/content/blobs.js'
+import { beforeAll, describe, expect, it } from 'vitest'
+import type { PartialBlob } from '../../src/content/blobs.js'
 import { CHUNK_SIZE, MIN_CHUNK_SIZE, encodeManifest, type ManifestView } from '../../src/content/manifest.js'
-import { Store } from '../../src/store/index.js'
 import type { WriterArgs } from '../fixtures/blob-writer.js'
+import { chunkOf, errorOf, manifestOf, pieces, sha256hex, useBlobEnvs, type Env } from '../helpers/blobs.js'
+import { waitFor } from '../helpers/wait.js'
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url))
-const root = mkdtempSync(join(tmpdir(), 'el-blobs-'))
-afterAll(() => { rmSync(root, { recursive: true, force: true }) })
-const log = pino({ level: 'silent' })
+const { freshEnv, openBlobs, closeEnv } = useBlobEnvs('el-blobs-')
 const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
-
-/** A data dir: blobs/ and the LevelDB store; one Store open at a time (LevelDB's lock). */
-interface Env { dir: string, blobs: string, storeDir: string, store?: Store }
-const envs: Env[] = []
-afterEach(async () => { for (const env of envs.splice(0)) await closeEnv(env) })
-
-function freshEnv (): Env {
-  const dir = mkdtempSync(join(root, 'dd-'))
-  const env = { dir, blobs: join(dir, 'blobs'), storeDir: join(dir, 'store') }
-  envs.push(env)
-  return env
-}
-
-/** (Re)open the env's store and a new BlobStore on it, as an agent restart would. */
-async function openBlobs (env: Env, opts?: BlobStoreOptions): Promise<BlobStore> {
-  await closeEnv(env)
-  if (!envs.includes(env)) envs.push(env)
-  env.store = await Store.open({ location: env.storeDir })
-  const blobs = new BlobStore(env.blobs, env.store.sublevel<unknown>('content'), log, opts)
-  await blobs.init()
-  return blobs
-}
-
-async function closeEnv (env: Env): Promise<void> {
-  await env.store?.close()
-  env.store = undefined
-}
-
-function sha256hex (data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex')
-}
-
-/** The manifest of `data`, computed independently of the code under test. */
-function manifestOf (data: Uint8Array, chunkSize = CHUNK_SIZE): ManifestView {
-  const chunks: Uint8Array[] = []
-  for (let off = 0; off < data.length; off += chunkSize) chunks.push(new Uint8Array(createHash('sha256').update(data.subarray(off, off + chunkSize)).digest()))
-  return { digest: `sha256:${sha256hex(data)}`, size: data.length, chunkSize, chunks }
-}
-
-function chunkOf (data: Uint8Array, m: ManifestView, i: number): Uint8Array {
-  return data.subarray(i * m.chunkSize, Math.min(data.length, (i + 1) * m.chunkSize))
-}
-
-async function * pieces (data: Uint8Array, size = 100_000): AsyncGenerator<Uint8Array> {
-  for (let off = 0; off < data.length; off += size) yield data.subarray(off, off + size)
-}
-
-async function errorOf (p: Promise<unknown>): Promise<Error & { code?: string }> {
-  try {
-    await p
-  } catch (err) {
-    return err as Error & { code?: string }
-  }
-  throw new Error('expected the promise to reject')
-}
 
 /** Byte equality without vitest's element-by-element diffing (slow on MiB arrays). */
 function same (a: Uint8Array | undefined, b: Uint8Array): boolean {
@@ -86,12 +29,8 @@ function openFds (): string[] {
   return readdirSync('/proc/self/fd').flatMap(fd => { try { return [readlinkSync(join('/proc/self/fd', fd))] } catch { return [] } })
 }
 
-async function waitFor (cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time')
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
+async function until (cond: () => boolean): Promise<void> {
+  await waitFor(cond, { timeout: 5000, interval: 5 })
 }
 
 function ls (dir: string): string[] {
@@ -192,7 +131,7 @@ describe('BlobStore ingest', () => {
     expect(ls(join(env.blobs, 'tmp'))).toEqual([])
   })
 
-  const freeDisk = (() => { const s = statfsSync(root); return s.bavail * s.bsize })()
+  const freeDisk = (() => { const s = statfsSync(tmpdir()); return s.bavail * s.bsize })()
   // With a signal, as the API calls it: ingest then waits on the source or the signal, and
   // racing every chunk against one long-lived abort promise kept every chunk reachable until
   // the upload ended (a 1 GiB upload took the leader to 1.1 GiB RSS).
@@ -341,9 +280,9 @@ describe('BlobStore partial transfers', () => {
     await writeAll(p, data, [2, 1])
     expect(p.hashed).toBe(0) // chunk 0 is missing: nothing continues the prefix
     await writeAll(p, data, [0, 4])
-    await waitFor(() => p.hashed === 3)
+    await until(() => p.hashed === 3)
     await writeAll(p, data, [3, 5])
-    await waitFor(() => p.hashed === 6)
+    await until(() => p.hashed === 6)
     await p.complete()
     await p.close()
     expect(blobs.has(m.digest)).toBe(true)
@@ -382,7 +321,7 @@ describe('BlobStore partial transfers', () => {
     expect(openFds().filter(f => f === file).length).toBeGreaterThan(1) // the transfer's handle and the kept read handle
     await blobs.remove(m.digest)
     await first.close()
-    await waitFor(() => !openFds().some(f => f.startsWith(file)))
+    await until(() => !openFds().some(f => f.startsWith(file)))
     const second = await blobs.openPartial(m)
     await writeAll(second, data, [0])
     expect(same(await blobs.readChunk(m.digest, 0), chunkOf(data, m, 0))).toBe(true)
@@ -391,7 +330,7 @@ describe('BlobStore partial transfers', () => {
     await second.close()
     expect(same(await blobs.readChunk(m.digest, 5), chunkOf(data, m, 5))).toBe(true)
     blobs.close()
-    await waitFor(() => !openFds().some(f => f.startsWith(join(env.blobs, 'sha256'))))
+    await until(() => !openFds().some(f => f.startsWith(join(env.blobs, 'sha256'))))
   })
 
   it('lets an upload of the same content supersede a transfer in progress', async () => {
