@@ -1,10 +1,11 @@
 import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import { safeParse } from '../util/parse.js'
 import type { Agent } from '../agent/agent.js'
-import { BadRequestError } from '../errors.js'
+import { BadRequestError, EdgelinkError } from '../errors.js'
 import { formatDuration, parseDuration } from '../util/duration.js'
 
 /** Parse a request body with a zod schema; a mismatch is a 400 naming the field. */
@@ -46,13 +47,24 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
     const t = agent.content.traffic
     return { served: Object.fromEntries(t.served), received: Object.fromEntries(t.received), faults: Object.fromEntries(t.faults) }
   })
-  app.post<{ Querystring: { name?: string, kind?: string } }>('/api/v1/content', async (req, reply) => {
+  // Uploads still arriving when the API closes (the agent stops): aborted, so that a stalled
+  // or suspended client cannot hold up the stop (fastify's close waits for open requests).
+  const uploads = new Set<{ ctl: AbortController, raw: IncomingMessage }>()
+  app.addHook('preClose', async () => {
+    for (const u of uploads) { u.ctl.abort(); u.raw.socket?.destroy() }
+  })
+  app.post<{ Querystring: { name?: string | string[], kind?: string | string[] } }>('/api/v1/content', async (req, reply) => {
     if (req.headers['content-type'] !== 'application/octet-stream') throw new BadRequestError('send the file as application/octet-stream', 'UPLOAD_CONTENT_TYPE')
+    for (const key of ['name', 'kind'] as const) {
+      if (Array.isArray(req.query[key])) throw new BadRequestError(`give ${key} once (it appears ${req.query[key].length} times)`, 'UPLOAD_QUERY_INVALID')
+    }
     const announced = req.headers['content-length'] != null ? Number(req.headers['content-length']) : undefined
     const name = typeof req.query.name === 'string' ? req.query.name : ''
     const kind = typeof req.query.kind === 'string' && req.query.kind !== '' ? req.query.kind : 'file'
     const ctl = new AbortController()
-    req.raw.on('close', () => { if (!req.raw.complete) ctl.abort() })
+    const upload = { ctl, raw: req.raw }
+    uploads.add(upload)
+    req.raw.on('close', () => { uploads.delete(upload); if (!req.raw.complete) ctl.abort() })
     try {
       const item = await agent.content.add(uploadBody(req.body as IncomingMessage, announced), { name, kind, size: announced, signal: ctl.signal })
       return await reply.code(201).send(item)
@@ -65,6 +77,10 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
   app.delete<{ Params: { digest: string } }>('/api/v1/content/:digest', async (req) => await agent.content.remove(req.params.digest))
   app.get<{ Params: { digest: string } }>('/api/v1/content/:digest/blob', async (req, reply) => {
     const { path, size } = agent.content.pathOf(req.params.digest)
+    // A file that is not the size its manifest says would end the response short of its
+    // Content-Length, and the client would wait for the rest: say so instead.
+    const onDisk = (await stat(path).catch(() => undefined))?.size
+    if (onDisk !== size) throw new EdgelinkError(`the stored file of ${req.params.digest} is ${onDisk ?? 'missing'}${onDisk != null ? ' bytes' : ''}, not ${size} bytes: it is damaged. Restart this agent: it drops damaged files when it starts and fetches them again from the other hosts (if no other host has it, add the file again on the leader)`, 'BLOB_DAMAGED', 500)
     return await reply.header('content-type', 'application/octet-stream').header('content-length', size).send(createReadStream(path))
   })
 

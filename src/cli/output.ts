@@ -7,9 +7,17 @@ export function printJson (value: unknown): void {
 
 /** A plain-text table with a header row; columns padded to their widest cell. */
 export function formatTable (header: string[], rows: string[][]): string {
+  // Cells come from the network (names, hostnames, errors): control and invisible format
+  // characters are shown escaped, never sent to the terminal as they are.
+  rows = rows.map(r => r.map(printable))
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i])).join('  ').trimEnd()
   return [line(header), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** `s` with control and invisible format characters written as \u escapes. */
+export function printable (s: string): string {
+  return s.replace(/[\p{Cc}\p{Cf}]/gu, c => `\\u${c.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`)
 }
 
 /** Key/value lines: `Key   value`, lists continued on following lines. */

@@ -6,7 +6,7 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { Catalog, type CatalogItem } from '../wire/sync.js'
 import { SignedRecord } from '../wire/group.js'
-import { openRecord, peerBytes, peerFrom, RecordError } from '../status/records.js'
+import { MAX_RECORD_BYTES, openRecord, peerBytes, peerFrom, RecordError } from '../status/records.js'
 import { context, signWith, verifyWith } from '../util/signing.js'
 import { u8 } from '../util/bytes.js'
 import { isDigest } from './manifest.js'
@@ -91,6 +91,26 @@ export async function verifyCatalog (bytes: Uint8Array): Promise<SignedCatalog> 
     },
     bytes
   }
+}
+
+/**
+ * Why a catalog listing `items` (the new item last) could not be issued, or undefined if it can: too many
+ * items, or a signed record over the size every member accepts (long names fill it long
+ * before the item limit). Checked before an upload, not after gigabytes have arrived.
+ */
+export function catalogProblem (items: CatalogItemView[], groupId: string, issuer: string): string | undefined {
+  if (items.length > MAX_CATALOG_ITEMS) return `the catalog is full (${MAX_CATALOG_ITEMS} items); remove items with \`edgelink content rm\` first`
+  const body = Catalog.encode({
+    groupId: u8(Buffer.from(groupId, 'hex')),
+    version: BigInt(Number.MAX_SAFE_INTEGER),
+    items: items.map(toWireItem),
+    issuer: peerBytes(issuer),
+    term: BigInt(Number.MAX_SAFE_INTEGER),
+    issuedAt: BigInt(Date.now())
+  })
+  const size = SignedRecord.encode({ body, signature: new Uint8Array(64) }).length
+  if (size > MAX_RECORD_BYTES) return `the catalog is full (its ${items.length - 1} items and their names fill the ${MAX_RECORD_BYTES / 1024} KiB a catalog may take); remove items with \`edgelink content rm\`, or use a shorter name`
+  return undefined
 }
 
 function toWireItem (i: CatalogItemView): CatalogItem {

@@ -9,5 +9,9 @@ export type ContentKind = typeof CONTENT_KINDS[number]
 /** Why `name` is not a valid content name, or undefined if it is. */
 export function contentNameProblem (name: string): string | undefined {
   if (name.length === 0 || name.length > 255 || /[\0/\\]/.test(name)) return 'name must be 1-255 characters without slashes'
+  // Names are printed in tables on every host: no line breaks, terminal escapes or
+  // invisible format characters (a right-to-left override can disguise "gnp.exe").
+  if (/[\p{Cc}\p{Cf}]/u.test(name)) return 'name must not contain control or invisible formatting characters'
+  if (name.trim() === '') return 'name must not be blank'
   return undefined
 }

@@ -14,12 +14,12 @@ import type { GroupService } from '../group/service.js'
 import type { StatusService, ContentHooks } from '../status/service.js'
 import type { ContentProgress } from '../wire/group.js'
 import type { ContentProgressView } from '../status/records.js'
-import { BadRequestError, errorMessage, NotFoundError } from '../errors.js'
+import { BadRequestError, EdgelinkError, errorMessage, NotFoundError } from '../errors.js'
 import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
 import { BlobStore, InsufficientSpaceError } from './blobs.js'
-import { encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
-import { CONTENT_KINDS, MAX_CATALOG_ITEMS, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
+import { CHUNK_SIZE, encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
+import { CONTENT_KINDS, MAX_CATALOG_ITEMS, catalogProblem, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
 import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
 import { ItemFetch, type FetchOptions } from './fetcher.js'
 import { missingBytes } from './bitmap.js'
@@ -144,6 +144,8 @@ export class ContentService implements ContentHooks, SyncServer {
     if (nameProblem != null) throw new BadRequestError(nameProblem, 'CONTENT_NAME_INVALID')
     if (!(CONTENT_KINDS as readonly string[]).includes(opts.kind)) throw new BadRequestError(`kind must be one of ${CONTENT_KINDS.join(', ')}`, 'CONTENT_KIND_INVALID')
     this.requireLeader('upload content')
+    const room = this.catalogRoom(opts.name, opts.kind, opts.size)
+    if (room != null) throw new EdgelinkError(room, 'CATALOG_FULL', 409)
     // From the moment the file is stored until the catalog lists it (or the upload fails),
     // schedule() must not delete it as "no longer in the catalog".
     let stored: string | undefined
@@ -181,6 +183,13 @@ export class ContentService implements ContentHooks, SyncServer {
       this.c.audit.record('content.added', { digest: item.digest, name: item.name, kind: item.kind, size: item.size })
       return item
     })
+  }
+
+  /** Whether an item of this name could be listed (a placeholder stands for its digest); see catalogProblem. */
+  private catalogRoom (name: string, kind: string, size = 0): string | undefined {
+    const r = this.c.group.requireMembership().record.roster
+    const placeholder: CatalogItemView = { digest: `sha256:${'0'.repeat(64)}`, name, kind: kind as ContentKind, size, chunkSize: CHUNK_SIZE, manifestDigest: '0'.repeat(64), addedAt: new Date().toISOString() }
+    return catalogProblem([...(this.current?.view.items ?? []), placeholder], r.groupId, this.self)
   }
 
   /** Remove (leader only): drop the item from the catalog; every member deletes its blob. */

@@ -1,12 +1,13 @@
+import { createHash } from 'node:crypto'
 import { createReadStream, createWriteStream, renameSync, rmSync, statSync } from 'node:fs'
 import { request } from 'node:http'
-import { basename } from 'node:path'
+import { basename, join } from 'node:path'
 import type { Command } from 'commander'
 import type { CatalogItemView } from '../../content/catalog.js'
 import type { ContentItemView } from '../../content/service.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
-import { formatTable, printJson } from '../output.js'
+import { formatTable, printable, printJson } from '../output.js'
 import { CONTENT_KINDS, contentNameProblem } from '../../content/names.js'
 
 const KINDS: readonly string[] = CONTENT_KINDS
@@ -39,7 +40,12 @@ export function registerContent (program: Command): void {
       // the body closes the connection, and the client can lose its answer to EPIPE.
       const st = await client.get<{ role: string | null, leader: string | null }>('/api/v1/status')
       if (st.role === 'follower') throw new CliError(`only the leader (${st.leader ?? '?'}) can upload content; run this on the leader`)
+      const before = statSync(file)
       const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
+      const after = statSync(file, { throwIfNoEntry: false })
+      if (after == null || after.size !== before.size || after.mtimeMs !== before.mtimeMs) {
+        process.stderr.write(`warning: ${file} changed while it was being uploaded; the group holds the ${size} bytes that were read (${item.digest}). If the file was still being written, remove that item and upload the file again\n`)
+      }
       if (opts.wait === true) await waitAll(client, item.digest, opts.json !== true)
       if (opts.json === true) { printJson(opts.wait === true ? (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === item.digest) : item); return }
       process.stdout.write(`${item.digest}  ${item.name} (${item.kind}, ${human(item.size)})\n`)
@@ -133,14 +139,23 @@ async function upload (socketPath: string, dataDir: string, file: string, size: 
       else if (err.code === 'EPIPE' || err.code === 'ECONNRESET') reject(new CliError(`upload failed: the agent closed the upload before the whole file was sent (${err.code}); nothing was added. Its log says why; is this host the leader, and has its data dir space for the file?`))
       else reject(new CliError(`upload failed: ${err.code ?? err.message}`))
     })
-    const input = createReadStream(file, { highWaterMark: 1024 * 1024 })
+    // Exactly the `size` bytes announced: a file still growing (being copied from a stick)
+    // would otherwise send more than its Content-Length, a shrinking one fewer, forever.
+    const input = createReadStream(file, { highWaterMark: 1024 * 1024, start: 0, end: Math.max(0, size - 1) })
     let sent = 0
     input.on('data', (c) => {
       sent += c.length
       bar?.update(mib(sent), { rate: (sent / 1024 / 1024 / Math.max(0.001, (Date.now() - started) / 1000)).toFixed(1) })
     })
+    input.on('end', () => {
+      if (sent >= size) return
+      bar?.stop()
+      input.unpipe(req)
+      req.destroy()
+      reject(new CliError(`${file} became shorter while it was being uploaded (${sent} of ${size} bytes read); nothing was added. Upload it again once it is complete`))
+    })
     input.on('error', (err) => { req.destroy(err) })
-    input.pipe(req)
+    if (size === 0) { input.destroy(); req.end() } else input.pipe(req)
   })
 }
 
@@ -151,6 +166,7 @@ async function waitAll (client: ReturnType<typeof clientFor>, digest: string, in
     ? new SingleBar({ format: 'group  [{bar}] {percentage}% | {complete}/{hosts} hosts complete', stream: process.stderr, hideCursor: true }, Presets.shades_classic)
     : undefined
   let started = false
+  let said = ''
   for (;;) {
     const item = (await client.get<ContentItemView[]>('/api/v1/content')).find(i => i.digest === digest)
     if (item == null) throw new CliError(`${digest} left the catalog while waiting`)
@@ -159,18 +175,54 @@ async function waitAll (client: ReturnType<typeof clientFor>, digest: string, in
     if (bar != null) {
       if (!started) { bar.start(total, have, { complete: item.complete, hosts: item.hosts.length }); started = true } else bar.update(have, { complete: item.complete, hosts: item.hosts.length })
     }
-    const failed = item.hosts.filter(h => h.state === 'error')
     if (item.complete === item.hosts.length) { bar?.stop(); return }
-    if (failed.length > 0 && !interactive) {
-      // Keep waiting: errors are retried (disk space may appear); say what is wrong once.
-      process.stderr.write(`waiting: ${failed.map(h => `${h.hostname}: ${h.error ?? 'error'}`).join('; ')}\n`)
+    // Keep waiting (errors are retried, disk space may appear, a host may come back), but
+    // say what holds it up, once each time that changes: a host in error, or one not heard from.
+    const liveness = new Map((await client.get<Array<{ peerId: string, liveness: string }>>('/api/v1/hosts')).map(h => [h.peerId, h.liveness]))
+    const problems = item.hosts.flatMap(h => {
+      if (h.state === 'complete') return []
+      if (h.state === 'error') return [`${h.hostname}: ${h.error ?? 'error'}`]
+      const l = liveness.get(h.peerId)
+      return l === 'down' || l === 'suspect' ? [`${h.hostname}: ${l} (its agent is not answering; it fetches the file when it is back)`] : []
+    }).join('; ')
+    if (problems !== said) {
+      said = problems
+      if (problems !== '') {
+        bar?.stop()
+        process.stderr.write(`waiting: ${printable(problems)} (Ctrl-C stops waiting; the hosts go on)\n`)
+        if (bar != null) started = false
+      }
     }
     await new Promise(resolve => setTimeout(resolve, 500))
   }
 }
 
+/**
+ * Copy a blob out: into a new temporary file beside `out` (created, never an existing file
+ * or link followed), checked against the digest and the announced size, flushed to disk,
+ * then renamed to `out`. On any failure, or Ctrl-C, the temporary file is removed.
+ */
 async function download (socketPath: string, dataDir: string, digest: string, out: string): Promise<number> {
+  const existing = statSync(out, { throwIfNoEntry: false })
+  if (existing?.isDirectory() === true) throw new CliError(`${out} is a directory; give the file to write, e.g. --out ${join(out, 'FILE')}`, EXIT_USAGE)
+  if (out.endsWith('/')) throw new CliError(`${out} names a directory; give the file to write`, EXIT_USAGE)
   const tmp = `${out}.part-${process.pid}`
+  const cleanup = (): void => { rmSync(tmp, { force: true }) }
+  const onSignal = (): void => { cleanup(); process.exit(130) }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    return await fetchBlob(socketPath, dataDir, digest, out, tmp)
+  } catch (err) {
+    cleanup()
+    throw err
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
+
+async function fetchBlob (socketPath: string, dataDir: string, digest: string, out: string, tmp: string): Promise<number> {
   return await new Promise<number>((resolve, reject) => {
     const req = request({ socketPath, method: 'GET', path: `/api/v1/content/${encodeURIComponent(digest)}/blob` }, res => {
       if ((res.statusCode ?? 500) >= 400) {
@@ -183,11 +235,20 @@ async function download (socketPath: string, dataDir: string, digest: string, ou
         })
         return
       }
-      const file = createWriteStream(tmp, { mode: 0o644 })
+      const expected = Number(res.headers['content-length'])
+      const file = createWriteStream(tmp, { mode: 0o644, flags: 'wx', flush: true })
+      const hash = createHash('sha256')
       let n = 0
-      res.on('data', (c: Buffer) => { n += c.length })
+      res.on('data', (c: Buffer) => { n += c.length; hash.update(c) })
       res.pipe(file)
-      file.on('finish', () => {
+      // 'close', not 'finish': with `flush` the data is on disk once the file is closed.
+      file.on('close', () => {
+        if (file.errored != null) return
+        const got = `sha256:${hash.digest('hex')}`
+        if (n !== expected || got !== digest) {
+          reject(new CliError(`the copy of ${digest} does not match it (${n} of ${Number.isFinite(expected) ? expected : '?'} bytes, ${got}); nothing was written to ${out}. The agent's copy may be damaged: check its log`))
+          return
+        }
         try {
           renameSync(tmp, out)
           resolve(n)
@@ -195,8 +256,9 @@ async function download (socketPath: string, dataDir: string, digest: string, ou
           reject(new CliError(`cannot write ${out}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`))
         }
       })
-      file.on('error', (err: NodeJS.ErrnoException) => { rmSync(tmp, { force: true }); reject(new CliError(`cannot write ${out}: ${err.code ?? err.message}`)) })
-      res.on('error', (err) => { rmSync(tmp, { force: true }); reject(new CliError(`download failed: ${err.message}`)) })
+      file.on('error', (err: NodeJS.ErrnoException) => { res.destroy(); reject(new CliError(`cannot write ${out}: ${err.code ?? err.message}`)) })
+      res.on('error', (err) => { file.destroy(); reject(new CliError(`download failed: ${err.message}`)) })
+      res.on('aborted', () => { file.destroy(); reject(new CliError(`download failed: the agent stopped sending after ${n} bytes; nothing was written to ${out}`)) })
     })
     req.on('error', (err: NodeJS.ErrnoException) => {
       reject(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? notRunning(dataDir) : new CliError(`download failed: ${err.code ?? err.message}`))
