@@ -6,7 +6,7 @@
 import type { PrivateKey } from '@libp2p/interface'
 import { Catalog, type CatalogItem } from '../wire/sync.js'
 import { SignedRecord } from '../wire/group.js'
-import { MAX_RECORD_BYTES, openRecord, peerBytes, peerFrom, RecordError } from '../status/records.js'
+import { MAX_RECORD_BYTES, openRecord, peerBytes, peerFrom, recordCounter, RecordError } from '../status/records.js'
 import { context, signWith, verifyWith } from '../util/signing.js'
 import { u8 } from '../util/bytes.js'
 import { isDigest } from './manifest.js'
@@ -83,10 +83,10 @@ export async function verifyCatalog (bytes: Uint8Array): Promise<SignedCatalog> 
   return {
     view: {
       groupId: Buffer.from(c.groupId).toString('hex'),
-      version: Number(c.version),
+      version: recordCounter(c.version, 'catalog version'),
       items,
       issuer: issuer.toString(),
-      term: Number(c.term),
+      term: recordCounter(c.term, 'catalog term'),
       issuedAt: new Date(Number(c.issuedAt)).toISOString()
     },
     bytes

@@ -166,15 +166,25 @@ function statusView (s: HostStatus): HostStatusView {
   }
 }
 
+/**
+ * A version or term as a number, refused beyond what counts exactly (and one more can be
+ * issued after it): a signer could otherwise pick a version whose successor rounds back
+ * to itself, and no later record would ever be newer.
+ */
+export function recordCounter (v: bigint, what: string): number {
+  if (v < 0n || v >= BigInt(Number.MAX_SAFE_INTEGER)) throw new RecordError(`${what} is out of range`)
+  return Number(v)
+}
+
 function settingsView (c: SettingsChange): SettingsChangeView {
   return {
     groupId: Buffer.from(c.groupId).toString('hex'),
     target: peerFrom(c.target).toString(),
-    version: Number(c.version),
+    version: recordCounter(c.version, 'settings version'),
     settings: labelsToMap(c.settings),
     issuedAt: new Date(Number(c.issuedAt)).toISOString(),
     issuer: peerFrom(c.issuer).toString(),
-    term: Number(c.term)
+    term: recordCounter(c.term, 'settings term')
   }
 }
 

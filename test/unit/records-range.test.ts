@@ -1,0 +1,62 @@
+/**
+ * Signed catalogs and settings changes carry their version and term as 64-bit integers.
+ * Beyond what a JavaScript number counts exactly, "held + 1" rounds back to "held" and no
+ * later record is ever newer: such records are refused when read. And a catalog that
+ * could not be issued (too many items, or over the record size) is known before an upload.
+ */
+import { describe, expect, it } from 'vitest'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { catalogProblem, signCatalog, MAX_CATALOG_ITEMS, type CatalogItemView } from '../../src/content/catalog.js'
+import { signSettings, peerBytes } from '../../src/status/records.js'
+import { MAX_RECORD_BYTES } from '../../src/status/records.js'
+import { u8 } from '../../src/util/bytes.js'
+
+const GROUP = 'ab'.repeat(16)
+
+function item (i: number, name = `item-${i}`): CatalogItemView {
+  return { digest: `sha256:${i.toString(16).padStart(64, '0')}`, name, kind: 'file', size: 1024, chunkSize: 1024 * 1024, manifestDigest: 'cd'.repeat(32), addedAt: new Date(0).toISOString() }
+}
+
+describe('catalog and settings counters', () => {
+  it('a catalog whose version or term a number cannot count exactly is refused; the largest safe one is kept', async () => {
+    const key = await generateKeyPair('Ed25519')
+    const issuer = peerIdFromPrivateKey(key).toString()
+    const base = { groupId: GROUP, items: [item(1)], issuer, term: 1, version: 1 }
+    await expect(signCatalog({ ...base, version: 2 ** 62 }, key)).rejects.toThrow(/catalog version is out of range/)
+    await expect(signCatalog({ ...base, term: 2 ** 53 }, key)).rejects.toThrow(/catalog term is out of range/)
+    const ok = await signCatalog({ ...base, version: Number.MAX_SAFE_INTEGER - 1 }, key)
+    expect(ok.view.version).toBe(Number.MAX_SAFE_INTEGER - 1)
+  })
+
+  it('a settings change whose version or term a number cannot count exactly is refused', async () => {
+    const key = await generateKeyPair('Ed25519')
+    const self = peerIdFromPrivateKey(key).toString()
+    const change = { groupId: u8(Buffer.from(GROUP, 'hex')), target: peerBytes(self), version: 1n, settings: [], issuedAt: 0n, issuer: peerBytes(self), term: 1n }
+    await expect(signSettings({ ...change, version: 2n ** 62n }, key)).rejects.toThrow(/settings version is out of range/)
+    await expect(signSettings({ ...change, term: 2n ** 60n }, key)).rejects.toThrow(/settings term is out of range/)
+    expect((await signSettings(change, key)).view.version).toBe(1)
+  })
+})
+
+describe('catalogProblem', () => {
+  const issuer = '12D3KooWGRUVh3wK4Wa3ZiDoCPDfxUxSHmCbXzYeEzbsbkoAq5Rw'
+
+  it('says nothing of a catalog that can be issued', () => {
+    expect(catalogProblem([item(1), item(2)], GROUP, issuer)).toBeUndefined()
+  })
+
+  it(`refuses more than ${MAX_CATALOG_ITEMS} items, telling the operator to remove some`, () => {
+    const items = Array.from({ length: MAX_CATALOG_ITEMS + 1 }, (_, i) => item(i, `i${i}`))
+    expect(catalogProblem(items, GROUP, issuer)).toMatch(/catalog is full \(256 items\); remove items with `edgelink content rm`/)
+  })
+
+  it(`refuses a catalog over the ${MAX_RECORD_BYTES / 1024} KiB a member accepts, long before the item limit when names are long`, () => {
+    const items: CatalogItemView[] = []
+    while (catalogProblem(items, GROUP, issuer) == null) items.push(item(items.length, 'n'.repeat(250) + String(items.length)))
+    expect(items.length).toBeLessThan(MAX_CATALOG_ITEMS)
+    expect(catalogProblem(items, GROUP, issuer)).toMatch(/catalog is full .*remove items with `edgelink content rm`, or use a shorter name/)
+    // One item fewer fits: the check is at the record limit, not short of it.
+    expect(catalogProblem(items.slice(0, -1), GROUP, issuer)).toBeUndefined()
+  })
+})
