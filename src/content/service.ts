@@ -118,8 +118,9 @@ export class ContentService implements ContentHooks, SyncServer {
     }
     await this.c.node.handle(SYNC_PROTOCOL, syncHandler(this, this.c.log), { maxInboundStreams: MAX_INBOUND_SYNC_STREAMS })
     this.c.status.attachContent(this)
-    this.unsubscribe = this.c.group.onChange(() => { this.schedule() })
+    this.unsubscribe = this.c.group.onChange(() => { this.schedule(); this.reissueAsLeader() })
     this.schedule()
+    this.reissueAsLeader()
   }
 
   async stop (): Promise<void> {
@@ -257,24 +258,48 @@ export class ContentService implements ContentHooks, SyncServer {
     if (leader !== c.view.issuer) return 'refused'
     this.seenVersion = Math.max(this.seenVersion, c.view.version)
     const mine = this.current?.view
-    if (mine != null && r.leader === this.self && mine.term === r.term && c.view.term < r.term) {
-      // This leader issued in its term without having seen this catalog of an earlier one
-      // (missed while it was a follower). Neither may win alone: keeping ours would drop
-      // what the old leader added, keeping theirs what we added. Issue the union instead.
-      if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
-      return 'stale'
+    if (c.view.term < r.term) {
+      // A catalog of an earlier term, once a newer one is known. A follower refuses it
+      // (DESIGN: records of an older term are rejected; a former leader signs no more).
+      // The leader, once it has issued in its term, merges it: it may list what that
+      // leader added while this one, then a follower, missed it. Before that, the leader
+      // keeps the newest it hears, and re-signs it in its own term (reissueAsLeader).
+      if (r.leader !== this.self) return 'stale'
+      if (mine != null && mine.term === r.term) {
+        if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
+        return 'stale'
+      }
     }
-    // Versions only: a member holding an old term's catalog of the same version as the new
-    // leader's keeps it, and so can hand it to the leader (pulls), which then merges.
+    // Versions only, not terms: a member holding an old term's catalog of the same version
+    // as the new leader's keeps it, and so can hand it to the leader (pulls), which merges.
     if (mine != null && c.view.version <= mine.version) return 'stale'
     await this.keep(c)
     return 'stored'
   }
 
+  /**
+   * A new leader signs the catalog it holds again, in its own term: members refuse
+   * catalogs of an earlier term once they know a newer one (see receive), so a host that
+   * joins or comes back later still gets the catalog from this term's leader.
+   */
+  private reissueAsLeader (): void {
+    const r = this.c.group.roster
+    if (!this.running || r == null || r.leader !== this.self || this.current == null || this.current.view.term >= r.term) return
+    this.changeLock.run(async () => {
+      const now = this.c.group.roster
+      if (this.current == null || now == null || now.leader !== this.self || this.current.view.term >= now.term) return
+      await this.issue(this.current.view.items)
+      this.c.log.info({ term: now.term, items: this.current.view.items.length }, 'catalog signed again in this leader\'s term')
+    }).catch(err => { this.c.log.warn({ err: errorMessage(err) }, 'cannot sign the catalog again in this term') })
+  }
+
   /** See receive(): list every item of `theirs` that ours lacks, in a new version above both. */
   private async mergeCatalog (theirs: SignedCatalog, via: string): Promise<void> {
     await this.changeLock.run(async () => {
-      const mine = this.current?.view.items ?? []
+      const cur = this.current?.view
+      // Merged already (the same catalog came twice), or leadership moved on meanwhile.
+      if (cur == null || cur.term !== this.c.group.roster?.term || theirs.view.version < cur.version || this.c.group.roster?.leader !== this.self) return
+      const mine = cur.items
       const added = theirs.view.items.filter(i => !mine.some(m => m.digest === i.digest))
       this.c.log.warn({ via, term: theirs.view.term, version: theirs.view.version, added: added.length }, 'catalog of an earlier term that this leader had not seen; issuing the union of both')
       await this.issue([...mine, ...added].slice(0, MAX_CATALOG_ITEMS))
@@ -338,6 +363,7 @@ export class ContentService implements ContentHooks, SyncServer {
     this.current = c
     await this.db.put('catalog', Buffer.from(c.bytes).toString('base64'))
     this.schedule()
+    this.reissueAsLeader()
     void this.c.status.publish(true)
   }
 

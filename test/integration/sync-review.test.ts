@@ -13,7 +13,8 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { AgentSet, tempDir, testConfig, testLogger } from '../helpers/agents.js'
 import { Agent } from '../../src/agent/agent.js'
 import type { PartialBlob } from '../../src/content/blobs.js'
-import { verifyCatalog, type CatalogView } from '../../src/content/catalog.js'
+import { signCatalog, verifyCatalog, type CatalogView } from '../../src/content/catalog.js'
+import { loadOrCreateIdentity } from '../../src/identity/index.js'
 import type { HostItemState } from '../../src/content/service.js'
 import { SYNC_PROTOCOL, SyncSession, SyncStatus } from '../../src/content/sync-protocol.js'
 import { waitFor } from '../helpers/wait.js'
@@ -295,6 +296,47 @@ describe('sync regressions from the store and sync-path review', () => {
     const { names, views } = await splitCatalogs(['a'])
     await until(() => names().every(n => n.join() === 'a,b'))
     for (const v of await views()) expect(v).toMatchObject({ version: 2, term: 2 })
+  })
+
+  it('once a newer term is known, a catalog the former leader signs is refused by members: nothing is deleted', async () => {
+    const lead = await start('lead')
+    const f1 = await start('f1')
+    const f2 = await start('f2')
+    await link(lead, f1, f2)
+    await until(() => [lead, f1, f2].every(a => a.group.hosts().length === 3))
+    const item = await lead.content.add(chunks(randomBytes(4096)), { name: 'keep', kind: 'file', size: 4096 })
+    await until(() => f2.content.blobs.has(item.digest))
+    await lead.group.relinquish('f1')
+    await until(() => [lead, f1, f2].every(x => x.group.roster?.leader === f1.peerId))
+    // The new leader signs the catalog again in its term.
+    await until(async () => { const b = f2.content.catalog(); return b != null && (await verifyCatalog(b)).view.term === 2 })
+    // The former leader (compromised, say) signs an empty catalog of its term with a far higher version.
+    const identity = await loadOrCreateIdentity(lead.paths.identityKey)
+    const forged = await signCatalog({ groupId: lead.group.roster!.groupId, version: 1000, items: [], issuer: lead.peerId, term: 1 }, identity.privateKey)
+    expect(await f2.content.receive(forged.bytes, lead.peerId)).toBe('stale')
+    expect(f2.content.list().map(i => i.name)).toEqual(['keep'])
+    expect(f2.content.blobs.has(item.digest)).toBe(true)
+    // The leader merges it (a union never deletes) and stays above its version.
+    await f1.content.receive(forged.bytes, lead.peerId)
+    await until(async () => { const b = f2.content.catalog(); return b != null && (await verifyCatalog(b)).view.version > 1000 })
+    expect(f2.content.list().map(i => i.name)).toEqual(['keep'])
+    expect(f2.content.blobs.has(item.digest)).toBe(true)
+  })
+
+  it('a host that joins after a change of leader gets the catalog, signed in the new term', async () => {
+    const lead = await start('lead')
+    const f1 = await start('f1')
+    await link(lead, f1)
+    const item = await lead.content.add(chunks(randomBytes(4096)), { name: 'old', kind: 'file', size: 4096 })
+    await until(() => f1.content.blobs.has(item.digest))
+    await lead.group.relinquish('f1')
+    await until(() => [lead, f1].every(x => x.group.roster?.leader === f1.peerId))
+    const late = await start('late')
+    await link(f1, late)
+    await until(() => late.content.blobs.has(item.digest))
+    const view = (await verifyCatalog(late.content.catalog()!)).view
+    expect(view).toMatchObject({ term: 2, issuer: f1.peerId })
+    expect(view.items.map(i => i.name)).toEqual(['old'])
   })
 
   it('a new leader that missed catalogs of a higher version: once it hears of them, every host lists every item of both', async () => {
