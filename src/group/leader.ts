@@ -19,6 +19,7 @@ import { AGENT_VERSION } from '../version.js'
 import { GroupKey, type RosterRequest, type RosterResponse } from '../wire/roster.js'
 import type { JoinRequest } from '../wire/join.js'
 import { GroupStateError, NoQuorumError } from './errors.js'
+import { decodeKey } from './key.js'
 import type { GroupKeyMaterial, Membership } from './state.js'
 import type { TokenBook } from './tokens.js'
 import { hex, newGroupId } from './token.js'
@@ -132,7 +133,13 @@ export class Leader implements JoinLeaderLogic {
         groupKey: GroupKey.encode({ id: m.key.id, key: u8(m.key.key) }),
         commit: async () => {
           try {
+            // An operator may have revoked the token while the offer was out: then no join.
+            if (!await this.c.tokens.stillReserved(tokenId, peer)) {
+              this.c.audit.record('join.refused', { peer, reason: 'token revoked while the join was offered', tokenId })
+              return { status: JoinStatus.REVOKED, message: 'the token was revoked while this join was in progress; ask the leader for a new token' }
+            }
             await this.commit(r, signed, m.key, new Set([this.c.self, peer]))
+            await this.c.tokens.confirm(tokenId)
             this.c.audit.record('join.accepted', { peer, hostname: req.hostname, tokenId, groupId: r.groupId, rosterVersion: next.version })
             return { status: JoinStatus.OK, message: 'committed' }
           } catch (err) {
@@ -173,8 +180,10 @@ export class Leader implements JoinLeaderLogic {
           type: RosterRequestType.HANDOVER,
           groupId: u8(Buffer.from(cur.groupId, 'hex')),
           handover: u8(handover.bytes),
-          // The target may lag a push behind (commits wait for a majority, not all); it catches up first.
-          roster: u8(this.c.requireMembership().record.bytes)
+          // The target may lag a push behind (commits wait for a majority, not all); it catches up
+          // first, with the key too: it may have missed a rotation, and takes keys only from the leader.
+          roster: u8(this.c.requireMembership().record.bytes),
+          groupKey: GroupKey.encode({ id: this.c.requireMembership().key.id, key: u8(this.c.requireMembership().key.key) })
         }, this.c.config.group.rpcTimeout * 3)
       } catch (err) {
         throw new GroupStateError(`cannot reach ${target.hostname} to hand over leadership (${errorMessage(err)}); check it is running, or choose another follower`, 'TARGET_UNREACHABLE', 503)
@@ -182,6 +191,10 @@ export class Leader implements JoinLeaderLogic {
       if (res.status === RosterStatus.ROSTER_NO_QUORUM) throw new GroupStateError(res.message, 'NO_QUORUM', 503)
       if (res.status !== RosterStatus.ROSTER_OK) throw new GroupStateError(`${target.hostname} refused leadership: ${res.message}`, 'HANDOVER_REFUSED', 409)
       if (res.roster.length > 0) await this.c.adopt(await verifyRoster(res.roster), undefined)
+      // Tokens are the leader's: the new one cannot list or revoke these, and they would
+      // work again if leadership came back here. None outlives the handover.
+      const revoked = await this.c.tokens.revokeAll('leadership was handed over')
+      if (revoked > 0) this.c.audit.record('token.revoked', { count: revoked, reason: 'leadership was handed over' })
       this.c.audit.record('leader.changed', { groupId: cur.groupId, term: cur.term + 1, from: self, to: target.peerId, reason: 'relinquished' })
       const now = this.c.membership()?.record.roster
       return { leader: now?.leader ?? target.peerId, term: now?.term ?? cur.term + 1, dissolved: false }
@@ -201,7 +214,15 @@ export class Leader implements JoinLeaderLogic {
   /** Answer a HANDOVER request: take over leadership from `from` if the handover matches our roster. */
   async onHandover (from: string, req: RosterRequest): Promise<RosterResponse> {
     const h = await verifyHandover(req.handover)
-    if (req.roster.length > 0) await this.c.adopt(await verifyRoster(req.roster), undefined)
+    if (req.roster.length > 0) {
+      const record = await verifyRoster(req.roster)
+      // The key counts only from the leader of the roster it comes with (see GroupSync.onPush).
+      const key = req.groupKey.length > 0 && from === record.roster.leader ? decodeKey(req.groupKey) : undefined
+      const outcome = await this.c.adopt(record, key)
+      if (outcome !== 'adopted' && outcome !== 'same' && outcome !== 'older') {
+        return response(RosterStatus.INVALID, `cannot take over: this host could not catch up with the leader's roster (${outcome})`)
+      }
+    }
     return await this.c.changeLock.run(async () => {
       const self = this.c.self
       const m = this.c.requireMembership()

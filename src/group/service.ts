@@ -72,7 +72,7 @@ export interface CreatedToken {
 }
 
 /** What adopting a roster received from the network did. */
-export type AdoptOutcome = 'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle'
+export type AdoptOutcome = 'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle' | 'no-key'
 
 export class GroupService implements JoinLeaderLogic, RosterLogic {
   readonly c: GroupComponents
@@ -324,7 +324,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     if (m == null || hex(req.groupId) !== m.record.roster.groupId) return response(RosterStatus.NOT_MEMBER, 'this host is not in that group')
     try {
       switch (req.type) {
-        case RosterRequestType.PUSH: return await this.sync.onPush(req)
+        case RosterRequestType.PUSH: return await this.sync.onPush(peer, req)
         case RosterRequestType.PULL: return this.sync.onPull(peer, req)
         case RosterRequestType.LEAVE: return await this.leader.onLeave(peer)
         case RosterRequestType.HANDOVER: return await this.leader.onHandover(peer, req)
@@ -400,7 +400,13 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
         this.c.audit.record('unlinked', { groupId: prev.groupId, by: record.roster.leader, rosterVersion: record.roster.version })
         return 'adopted'
       }
-      const nextKey = key != null && key.id >= m.key.id ? key : m.key
+      // Only a newer key replaces ours: never other bytes under an id we hold.
+      // And only the key the roster names: one with another id (a later one, say, from a
+      // removed member answering with an old roster that still lists it) is not taken.
+      const nextKey = key != null && key.id > m.key.id && key.id === record.roster.keyId ? key : m.key
+      // A roster that names a key we would not have (rotated while we were away, and
+      // pushed by someone who may not hand out keys) waits for one that comes with it.
+      if (record.roster.keyId > nextKey.id) return 'no-key'
       await this.groupStore.save({ record, key: nextKey })
       this.member = { record, key: nextKey }
       if (record.roster.leader !== prev.leader) {

@@ -107,10 +107,15 @@ export class MembershipSync {
     return this.learnedAddrs.get(peer)
   }
 
-  /** Answer a PUSH: adopt the pushed roster (and key) if it is newer than ours. */
-  async onPush (req: RosterRequest): Promise<RosterResponse> {
+  /**
+   * Answer a PUSH: adopt the pushed roster if it is newer than ours, and its key only if
+   * `peer` (who pushed) leads that roster. The key is not signed: taken from anyone who
+   * knows the (public) group id, it would let an outsider choose the key a member
+   * encrypts with. A roster that needs a newer key than we get waits (see adopt).
+   */
+  async onPush (peer: string, req: RosterRequest): Promise<RosterResponse> {
     const record = await verifyRoster(req.roster)
-    const key = req.groupKey.length > 0 ? decodeKey(req.groupKey) : undefined
+    const key = req.groupKey.length > 0 && peer === record.roster.leader ? decodeKey(req.groupKey) : undefined
     const outcome = await this.c.adopt(record, key)
     if (outcome === 'adopted' || outcome === 'same') return response(RosterStatus.ROSTER_OK)
     return response(outcome === 'older' ? RosterStatus.STALE : RosterStatus.INVALID, `roster not adopted: ${outcome}`)
@@ -139,7 +144,8 @@ export class MembershipSync {
     }, this.c.config.group.rpcTimeout)
     if (res.status !== RosterStatus.ROSTER_OK || res.roster.length === 0) return
     const record = await verifyRoster(res.roster)
-    const key = res.groupKey.length > 0 ? decodeKey(res.groupKey) : undefined
+    // We chose whom to ask; its key counts only if the roster it sent lists it as a member.
+    const key = res.groupKey.length > 0 && isMember(record.roster, peer) ? decodeKey(res.groupKey) : undefined
     const outcome = await this.c.adopt(record, key)
     if (outcome === 'adopted') this.c.log.info({ from: peer, version: record.roster.version, term: record.roster.term }, 'pulled newer roster')
   }

@@ -21,6 +21,8 @@ export interface TokenRecord {
   state: 'active' | 'used' | 'revoked'
   failures: number
   usedBy?: string
+  /** `used` by a join that has been offered and not yet committed (see markUsed). */
+  reserved?: boolean
   revokedReason?: string
 }
 
@@ -98,28 +100,52 @@ export class TokenBook {
     return { ok: true, record: r }
   }
 
+  /**
+   * Reserve a token for the join being offered: `used`, so no second join can take it,
+   * until confirm() (committed) or restore() (the join did not complete). A token revoked
+   * meanwhile stays revoked, and the join is not committed (see stillReserved).
+   */
   async markUsed (id: string, by: string): Promise<void> {
     const r = await this.db.get(id)
     if (r == null) return
-    await this.db.put(id, { ...r, state: 'used', usedBy: by })
+    await this.db.put(id, { ...r, state: 'used', usedBy: by, reserved: true })
   }
 
-  /** Put a token back to active when the join it was reserved for did not complete. */
+  /** The token is still reserved for a join by `by` (not revoked since the offer). */
+  async stillReserved (id: string, by: string): Promise<boolean> {
+    const r = await this.db.get(id)
+    return r?.state === 'used' && r.reserved === true && r.usedBy === by
+  }
+
+  /** The join it was reserved for is committed: used for good. */
+  async confirm (id: string): Promise<void> {
+    const r = await this.db.get(id)
+    if (r == null || r.state !== 'used' || r.reserved !== true) return
+    const { reserved: _reserved, ...rest } = r
+    await this.db.put(id, rest)
+  }
+
+  /** Put a token back to active when the join it was reserved for did not complete (never one revoked meanwhile). */
   async restore (id: string): Promise<void> {
     const r = await this.db.get(id)
-    if (r == null || r.state !== 'used') return
-    const { usedBy: _usedBy, ...rest } = r
+    if (r == null || r.state !== 'used' || r.reserved !== true) return
+    const { usedBy: _usedBy, reserved: _reserved, ...rest } = r
     await this.db.put(id, { ...rest, state: 'active' })
   }
 
-  /** Revoke one token; false if it does not exist. Revoking a finished token changes nothing. */
+  /**
+   * Revoke one token; undefined if it does not exist. A token reserved by a join still
+   * being offered is revoked too (that join is then not committed); revoking a token used
+   * by a committed join, or already revoked, changes nothing.
+   */
   async revoke (id: string, reason: string): Promise<TokenRecord | undefined> {
     const r = await this.db.get(id)
     if (r == null) return undefined
-    if (r.state === 'active') {
-      r.state = 'revoked'
-      r.revokedReason = reason
-      await this.db.put(id, r)
+    if (revocable(r)) {
+      const { reserved: _reserved, ...rest } = r
+      const next: TokenRecord = { ...rest, state: 'revoked', revokedReason: reason }
+      await this.db.put(id, next)
+      return next
     }
     return r
   }
@@ -127,8 +153,9 @@ export class TokenBook {
   async revokeAll (reason: string): Promise<number> {
     let n = 0
     for await (const [id, r] of this.db.iterator()) {
-      if (r.state === 'active') {
-        await this.db.put(id, { ...r, state: 'revoked', revokedReason: reason })
+      if (revocable(r)) {
+        const { reserved: _reserved, ...rest } = r
+        await this.db.put(id, { ...rest, state: 'revoked', revokedReason: reason })
         n++
       }
     }
@@ -157,4 +184,9 @@ export function view (r: TokenRecord, now = Date.now()): TokenView {
     ...(r.usedBy != null ? { usedBy: r.usedBy } : {}),
     ...(r.revokedReason != null ? { revokedReason: r.revokedReason } : {})
   }
+}
+
+/** Active, or reserved by a join not yet committed. */
+function revocable (r: TokenRecord): boolean {
+  return r.state === 'active' || (r.state === 'used' && r.reserved === true)
 }

@@ -535,7 +535,11 @@ describe('audit.log', () => {
     expect(of('token.issued').map(e => e.tokenId).sort()).toEqual(issued.h1.map(idOf).sort())
     expect(of('join.accepted').map(e => e.peer).sort()).toEqual([agents.h2.peerId, agents.h3.peerId].sort())
     // The leader saw two of the refused links (the others failed before reaching it).
-    expect(of('token.revoked')).toEqual([expect.objectContaining({ tokenId: idOf(revokedToken) })])
+    // The operator's revocation, then the handover's: every token still active when h1 handed over.
+    expect(of('token.revoked')).toEqual([
+      expect.objectContaining({ tokenId: idOf(revokedToken), reason: 'operator' }),
+      expect.objectContaining({ reason: 'leadership was handed over', count: expect.any(Number) })
+    ])
     expect(of('join.refused').map(e => ({ reason: e.reason, tokenId: e.tokenId, peer: e.peer })).sort((a, b) => String(a.reason).localeCompare(String(b.reason)))).toEqual([
       { reason: 'REVOKED', tokenId: idOf(revokedToken), peer: agents.h3.peerId },
       { reason: 'USED', tokenId: idOf(usedToken), peer: agents.h3.peerId }

@@ -209,8 +209,28 @@ describe('TokenBook', () => {
     expect(failure(await book.check(a.record.id, GROUP, a.secret, T0 + 1)).status).toBe('REVOKED')
 
     await book.markUsed(b.record.id, 'peer-b')
+    await book.confirm(b.record.id)
     expect(await book.revoke(b.record.id, 'late')).toMatchObject({ state: 'used', usedBy: 'peer-b' })
     expect((await book.get(b.record.id))?.revokedReason).toBeUndefined()
+  })
+
+  it('a token reserved by a join still being offered can be revoked, and then is neither restored nor confirmed', async () => {
+    const { book } = await freshBook()
+    const a = await book.create(GROUP, TTL, T0)
+    await book.markUsed(a.record.id, 'peer-a')
+    expect(await book.stillReserved(a.record.id, 'peer-a')).toBe(true)
+    expect(await book.stillReserved(a.record.id, 'peer-x')).toBe(false)
+    expect(await book.revoke(a.record.id, 'leaked')).toMatchObject({ state: 'revoked', revokedReason: 'leaked' })
+    expect(await book.stillReserved(a.record.id, 'peer-a')).toBe(false)
+    // The join that reserved it ends either way: neither brings the token back.
+    await book.restore(a.record.id)
+    await book.confirm(a.record.id)
+    expect(failure(await book.check(a.record.id, GROUP, a.secret, T0 + 1)).status).toBe('REVOKED')
+    // A reservation that ends without a revocation puts the token back.
+    const b = await book.create(GROUP, TTL, T0)
+    await book.markUsed(b.record.id, 'peer-b')
+    await book.restore(b.record.id)
+    expect((await book.check(b.record.id, GROUP, b.secret, T0 + 1)).ok).toBe(true)
   })
 
   it('revokeAll revokes every active token and counts them', async () => {
@@ -219,6 +239,7 @@ describe('TokenBook', () => {
     const b = await book.create(GROUP, TTL, T0 + 1)
     const c = await book.create(GROUP, TTL, T0 + 2)
     await book.markUsed(c.record.id, 'peer-c')
+    await book.confirm(c.record.id)
     expect(await book.revokeAll('group dissolved')).toBe(2)
     for (const t of [a, b]) {
       const r = failure(await book.check(t.record.id, GROUP, t.secret, T0 + 3))
