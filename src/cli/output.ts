@@ -15,9 +15,9 @@ export function formatTable (header: string[], rows: string[][]): string {
   return [line(header), ...rows.map(line)].join('\n') + '\n'
 }
 
-/** `s` with control and invisible format characters written as \u escapes. */
+/** `s` with control, invisible format, line-separator and lone surrogate characters written as \u escapes. */
 export function printable (s: string): string {
-  return s.replace(/[\p{Cc}\p{Cf}]/gu, c => `\\u${c.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`)
+  return s.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu, c => `\\u${c.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`)
 }
 
 /** Key/value lines: `Key   value`, lists continued on following lines. */
@@ -26,7 +26,7 @@ export function formatFields (fields: Array<[string, string | string[]]>): strin
   const out: string[] = []
   for (const [k, v] of fields) {
     const values = Array.isArray(v) ? (v.length === 0 ? ['-'] : v) : [v]
-    values.forEach((val, i) => out.push(`${(i === 0 ? k : '').padEnd(width)}  ${val}`))
+    values.forEach((val, i) => out.push(`${(i === 0 ? k : '').padEnd(width)}  ${printable(val)}`))
   }
   return out.join('\n') + '\n'
 }

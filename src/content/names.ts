@@ -11,7 +11,7 @@ export function contentNameProblem (name: string): string | undefined {
   if (name.length === 0 || name.length > 255 || /[\0/\\]/.test(name)) return 'name must be 1-255 characters without slashes'
   // Names are printed in tables on every host: no line breaks, terminal escapes or
   // invisible format characters (a right-to-left override can disguise "gnp.exe").
-  if (/[\p{Cc}\p{Cf}]/u.test(name)) return 'name must not contain control or invisible formatting characters'
+  if (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/u.test(name)) return 'name must not contain control or invisible formatting characters'
   if (name.trim() === '') return 'name must not be blank'
   return undefined
 }

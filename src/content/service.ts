@@ -180,6 +180,10 @@ export class ContentService implements ContentHooks, SyncServer {
         manifestDigest: Buffer.from(manifestDigest(encodeManifest(manifest))).toString('hex'),
         addedAt: new Date().toISOString()
       }
+      // Checked before the upload too (catalogRoom); again here, where uploads that ran at
+      // the same time are listed one after another.
+      const full = catalogProblem([...items, item], this.c.group.requireMembership().record.roster.groupId, this.self)
+      if (full != null) throw new EdgelinkError(full, 'CATALOG_FULL', 409)
       await this.issue([...items, item])
       this.c.audit.record('content.added', { digest: item.digest, name: item.name, kind: item.kind, size: item.size })
       return item

@@ -24,10 +24,12 @@ export function registerContent (program: Command): void {
     .action(async (file: string, opts: CommonOptions & { name?: string, kind: string, wait?: boolean }) => {
       if (!KINDS.includes(opts.kind)) throw new CliError(`--kind must be one of ${KINDS.join(', ')}`, EXIT_USAGE)
       let size: number
+      let before: ReturnType<typeof statSync>
       try {
         const st = statSync(file)
         if (!st.isFile()) throw new CliError(`${file} is not a regular file`)
         size = st.size
+        before = st
       } catch (err) {
         if (err instanceof CliError) throw err
         throw new CliError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`)
@@ -40,10 +42,9 @@ export function registerContent (program: Command): void {
       // the body closes the connection, and the client can lose its answer to EPIPE.
       const st = await client.get<{ role: string | null, leader: string | null }>('/api/v1/status')
       if (st.role === 'follower') throw new CliError(`only the leader (${st.leader ?? '?'}) can upload content; run this on the leader`)
-      const before = statSync(file)
       const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
       const after = statSync(file, { throwIfNoEntry: false })
-      if (after == null || after.size !== before.size || after.mtimeMs !== before.mtimeMs) {
+      if (after == null || after.size !== before?.size || after.mtimeMs !== before.mtimeMs) {
         process.stderr.write(`warning: ${file} changed while it was being uploaded; the group holds the ${size} bytes that were read (${item.digest}). If the file was still being written, remove that item and upload the file again\n`)
       }
       if (opts.wait === true) await waitAll(client, item.digest, opts.json !== true)
@@ -208,7 +209,7 @@ async function download (socketPath: string, dataDir: string, digest: string, ou
   if (out.endsWith('/')) throw new CliError(`${out} names a directory; give the file to write`, EXIT_USAGE)
   const tmp = `${out}.part-${process.pid}`
   const cleanup = (): void => { rmSync(tmp, { force: true }) }
-  const onSignal = (): void => { cleanup(); process.exit(130) }
+  const onSignal = (signal: NodeJS.Signals): void => { cleanup(); process.exit(signal === 'SIGINT' ? 130 : 143) }
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   try {
