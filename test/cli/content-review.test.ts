@@ -29,6 +29,9 @@ import type { CatalogItemView } from '../../src/content/catalog.js'
 import type { ContentItemView } from '../../src/content/service.js'
 import {
   apiGet,
+  failureLine,
+  randomFile,
+  type Source,
   assertBuilt,
   cleanup,
   cleanupKept,
@@ -56,7 +59,6 @@ let config = ''
 /** A small file already in the catalog, for `content get`. */
 let small: Source
 
-interface Source { path: string, size: number, digest: string }
 
 beforeAll(async () => {
   assertBuilt()
@@ -78,7 +80,7 @@ beforeAll(async () => {
   keep(h1)
   // A token makes h1 the leader of a group of one.
   expect((await el(h1, ['token', 'create', '--json'])).code).toBe(0)
-  small = makeFile('small.bin', 300_001)
+  small = randomFile(work, 'small.bin', 300_001)
   const item = okJson<CatalogItemView>(await el(h1, ['content', 'add', small.path, '--json']))
   expect(item.digest).toBe(small.digest)
 })
@@ -99,34 +101,7 @@ function okJson<T> (res: CliResult): T {
   return JSON.parse(res.stdout) as T
 }
 
-/** Exit `code`, one line on stderr starting `edgelink: `, no stack trace, nothing on stdout. Returns the line. */
-function failureLine (res: CliResult, code = 1): string {
-  expect(res.code, `stdout: ${res.stdout}\nstderr: ${res.stderr}`).toBe(code)
-  expect(stackLines(res.stderr), res.stderr).toEqual([])
-  const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
-  expect(lines, res.stderr).toHaveLength(1)
-  expect(lines[0]).toMatch(/^edgelink: \S/)
-  expect(res.stdout).toBe('')
-  return lines[0]
-}
 
-/** A file of `size` random bytes, with its digest. */
-function makeFile (name: string, size: number): Source {
-  const path = join(work, name)
-  const hash = createHash('sha256')
-  const fd = openSync(path, 'w', 0o644)
-  try {
-    for (let done = 0; done < size;) {
-      const piece = randomBytes(Math.min(8 * MiB, size - done))
-      hash.update(piece)
-      writeSync(fd, piece)
-      done += piece.length
-    }
-  } finally {
-    closeSync(fd)
-  }
-  return { path, size, digest: 'sha256:' + hash.digest('hex') }
-}
 
 async function catalog (a: AgentProcess): Promise<ContentItemView[]> {
   const res = await apiGet(a.dataDir, '/api/v1/content')
@@ -207,7 +182,7 @@ describe('content add of a file that changes during the upload', () => {
   })
 
   it('a file that grows: exit 0, the item has the original size and digest, and a warning says the file changed', async () => {
-    const src = makeFile('grows.bin', 128 * MiB)
+    const src = randomFile(work, 'grows.bin', 128 * MiB)
     const s = await uploadStarted([src.path, '--json'])
     await whileUploadHeld(h1, () => { appendFileSync(src.path, randomBytes(4 * MiB)) })
     const res = await withDeadline(s, 30_000, 'content add of a file that grew')
@@ -247,7 +222,7 @@ describe('content get refuses what it cannot write and copies it cannot trust', 
   })
 
   it('a stored copy corrupted in place: "does not match", no output file, no .part; a short one: BLOB_DAMAGED at once', async () => {
-    const a = makeFile('corrupt.bin', 3 * MiB + 7)
+    const a = randomFile(work, 'corrupt.bin', 3 * MiB + 7)
     okJson(await el(h1, ['content', 'add', a.path, '--json']))
     const storedA = join(blobDir(h1, 'sha256'), hexOf(a.digest))
     const fd = openSync(storedA, 'r+')
@@ -261,7 +236,7 @@ describe('content get refuses what it cannot write and copies it cannot trust', 
     expect(existsSync(outA)).toBe(false)
     expect(partFiles(work)).toEqual([])
 
-    const b = makeFile('short.bin', 2 * MiB + 3)
+    const b = randomFile(work, 'short.bin', 2 * MiB + 3)
     okJson(await el(h1, ['content', 'add', b.path, '--json']))
     const storedB = join(blobDir(h1, 'sha256'), hexOf(b.digest))
     truncateSync(storedB, MiB)
@@ -379,7 +354,7 @@ describe('content add --wait', () => {
     await stopAgent(h2)
     await waitFor(async () => ['down', 'suspect'].includes(await liveness() ?? ''), { timeout: 10_000, what: 'h1 to notice h2 is gone' })
 
-    const src = makeFile('wait.bin', 10_000)
+    const src = randomFile(work, 'wait.bin', 10_000)
     const s = spawnCli(['content', 'add', src.path, '--wait', '--data-dir', h1.dataDir])
     s.proc.stdin?.end()
     // Before the fix it waited without a word (only hosts in error were named, and only with --json).

@@ -14,8 +14,8 @@
  * through the API (the document `content ls --json` prints) with deadlines; the CLI
  * then shows the result.
  */
-import { createHash, randomBytes } from 'node:crypto'
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -24,6 +24,9 @@ import type { ContentItemView, HostItemState } from '../../src/content/service.j
 import type { HostRow } from '../../src/group/service.js'
 import {
   apiGet,
+  failureLine,
+  randomFile,
+  type Source,
   assertBuilt,
   cleanup,
   cleanupKept,
@@ -49,7 +52,6 @@ const agents = {} as Record<Name, AgentProcess>
 /** Source files, their copies and the agents' config files. */
 let work = ''
 
-interface Source { path: string, size: number, digest: string }
 /** Small files the story adds, gets and removes. */
 const files = {} as Record<'img' | 'def' | 'follower', Source>
 /** What `content add --json` printed for the first file. */
@@ -80,23 +82,6 @@ async function start (name: Name, dataDir?: string): Promise<AgentProcess> {
   return a
 }
 
-/** A file of `size` random bytes, written in pieces (memory stays small), with its digest. */
-function makeFile (name: string, size: number): Source {
-  const path = join(work, name)
-  const hash = createHash('sha256')
-  const fd = openSync(path, 'w', 0o644)
-  try {
-    for (let done = 0; done < size;) {
-      const piece = randomBytes(Math.min(8 * MiB, size - done))
-      hash.update(piece)
-      writeSync(fd, piece)
-      done += piece.length
-    }
-  } finally {
-    closeSync(fd)
-  }
-  return { path, size, digest: 'sha256:' + hash.digest('hex') }
-}
 
 function fileDigest (path: string): string {
   return 'sha256:' + createHash('sha256').update(readFileSync(path)).digest('hex')
@@ -107,9 +92,9 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'el-cnt-work-'))
   for (const n of NAMES) configFor(n)
   // Sizes that are not a whole number of 1 MiB chunks: the short last chunk is exercised.
-  files.img = makeFile('img.raw', 3 * MiB + 12_345)
-  files.def = makeFile('cluster.yaml', 200_001)
-  files.follower = makeFile('from-follower.bin', 2 * MiB)
+  files.img = randomFile(work, 'img.raw', 3 * MiB + 12_345)
+  files.def = randomFile(work, 'cluster.yaml', 200_001)
+  files.follower = randomFile(work, 'from-follower.bin', 2 * MiB)
   await Promise.all(NAMES.map(async n => await start(n)))
   for (const n of ['h2', 'h3'] as const) {
     const token = okJson<{ token: string }>(await el(agents.h1, ['token', 'create', '--json'])).token
@@ -157,16 +142,6 @@ function okJson<T> (res: CliResult): T {
   return JSON.parse(res.stdout) as T
 }
 
-/** Exit 1, one line on stderr starting `edgelink: `, no stack trace, nothing on stdout. Returns the line. */
-function failureLine (res: CliResult): string {
-  expect(res.code, `stdout: ${res.stdout}\nstderr: ${res.stderr}`).toBe(1)
-  expect(stackLines(res.stderr), res.stderr).toEqual([])
-  const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
-  expect(lines, res.stderr).toHaveLength(1)
-  expect(lines[0]).toMatch(/^edgelink: \S/)
-  expect(res.stdout).toBe('')
-  return lines[0]
-}
 
 async function api<T> (a: AgentProcess, path: string): Promise<T> {
   const res = await apiGet(a.dataDir, path)
@@ -444,7 +419,7 @@ describe('edgelink content rm', () => {
 
 describe('interrupted transfers', () => {
   it('an upload killed half way leaves no catalog entry and an empty tmp/, and the agent keeps running', async () => {
-    const big = makeFile('big-upload.bin', 256 * MiB)
+    const big = randomFile(work, 'big-upload.bin', 256 * MiB)
     const tmp = blobDir(agents.h1, 'tmp')
     const before = await snapshot()
     const upload = spawnCli(['content', 'add', big.path, '--data-dir', agents.h1.dataDir])
@@ -470,7 +445,7 @@ describe('interrupted transfers', () => {
   }, 120_000)
 
   it('a receiving agent killed with SIGKILL at random points resumes after each restart and ends with the right digest', async () => {
-    const file = makeFile('resume.bin', 96 * MiB)
+    const file = randomFile(work, 'resume.bin', 96 * MiB)
     const total = 96 // chunks of 1 MiB
     const item = okJson<CatalogItemView>(await el(agents.h1, ['content', 'add', file.path, '--json'], 60_000))
     expect(item.digest).toBe(file.digest)

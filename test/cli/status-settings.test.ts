@@ -25,6 +25,7 @@ import type { HostStatusView } from '../../src/status/records.js'
 import type { MemberLiveness } from '../../src/status/service.js'
 import {
   apiGet,
+  failureLine,
   assertBuilt,
   cleanEnv,
   cleanup,
@@ -144,16 +145,6 @@ async function cliJson<T> (a: AgentProcess, args: string[]): Promise<T> {
   return okJson<T>(await el(a, [...args, '--json']))
 }
 
-/** Exit 1, one line on stderr starting `edgelink: `, no stack trace, nothing on stdout. Returns the line. */
-function failureLine (res: CliResult): string {
-  expect(res.code, `stdout: ${res.stdout}\nstderr: ${res.stderr}`).toBe(1)
-  expect(stackLines(res.stderr), res.stderr).toEqual([])
-  const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
-  expect(lines, res.stderr).toHaveLength(1)
-  expect(lines[0]).toMatch(/^edgelink: \S/)
-  expect(res.stdout).toBe('')
-  return lines[0]
-}
 
 /** Exit 2 (usage), no stack trace, nothing on stdout. Returns stderr. */
 function usageError (res: CliResult): string {

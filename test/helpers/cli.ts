@@ -5,7 +5,9 @@
  * `afterEach`) kills whatever a failed test left running.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
+import { expect } from 'vitest'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -219,4 +221,36 @@ export async function cleanupKept (): Promise<void> {
 /** Lines of stderr that look like a JS stack trace. */
 export function stackLines (text: string): string[] {
   return text.split('\n').filter(l => /^\s+at\s/.test(l))
+}
+
+/** Exit `code`, one line on stderr starting `edgelink: `, no stack trace, nothing on stdout. Returns the line. */
+export function failureLine (res: CliResult, code = 1): string {
+  expect(res.code, `stdout: ${res.stdout}\nstderr: ${res.stderr}`).toBe(code)
+  expect(stackLines(res.stderr), res.stderr).toEqual([])
+  const lines = res.stderr.split('\n').filter(l => l.trim() !== '')
+  expect(lines, res.stderr).toHaveLength(1)
+  expect(lines[0]).toMatch(/^edgelink: \S/)
+  expect(res.stdout).toBe('')
+  return lines[0]
+}
+
+/** A file to upload, with the digest computed here. */
+export interface Source { path: string, size: number, digest: string }
+
+/** A file of `size` random bytes in `dir`, written in pieces (memory stays small), with its digest. */
+export function randomFile (dir: string, name: string, size: number): Source {
+  const path = join(dir, name)
+  const hash = createHash('sha256')
+  const fd = openSync(path, 'w', 0o644)
+  try {
+    for (let done = 0; done < size;) {
+      const piece = randomBytes(Math.min(8 * 1024 * 1024, size - done))
+      hash.update(piece)
+      writeSync(fd, piece)
+      done += piece.length
+    }
+  } finally {
+    closeSync(fd)
+  }
+  return { path, size, digest: 'sha256:' + hash.digest('hex') }
 }
