@@ -118,6 +118,9 @@ export class MembershipSync {
     const key = req.groupKey.length > 0 && peer === record.roster.leader ? decodeKey(req.groupKey) : undefined
     const outcome = await this.c.adopt(record, key)
     if (outcome === 'adopted' || outcome === 'same') return response(RosterStatus.ROSTER_OK)
+    // Left the group while this push waited (an anti-entropy pull brought the same removal
+    // first): answer as a host outside the group does, which the leader counts as stored.
+    if (outcome === 'idle') return response(RosterStatus.NOT_MEMBER, 'this host is not in that group')
     return response(outcome === 'older' ? RosterStatus.STALE : RosterStatus.INVALID, `roster not adopted: ${outcome}`)
   }
 

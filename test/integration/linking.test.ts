@@ -6,6 +6,7 @@ import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
 import { ROSTER_PROTOCOL } from '../../src/group/roster-protocol.js'
+import type { SignedRosterRecord } from '../../src/group/roster.js'
 import { waitFor } from '../helpers/wait.js'
 
 /** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
@@ -247,6 +248,34 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     // Anti-entropy: f1 and f2 pull the roster the leader kept, and f3 is out everywhere.
     await until(() => [f1, f2].every(f => f.hostStatus().rosterVersion === v + 1))
     for (const f of [f1, f2]) expect(f.group.hosts().map(h => h.hostname).sort()).toEqual(['f1', 'f2', 'lead'])
+  })
+
+  it('a removed host that pulls its removal while the push of it waits counts as having stored it', async () => {
+    const f3 = await set.start({ name: 'f3', config: FAST })
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    await linkTo(leader, f3)
+    await until(() => [f1, f2, f3].every(f => f.group.hosts().length === 4))
+    const v = leader.hostStatus().rosterVersion
+    if (v == null) throw new Error('the leader has no roster')
+    await f1.node.unhandle(ROSTER_PROTOCOL)
+    await f2.node.unhandle(ROSTER_PROTOCOL)
+    // f3 takes the push of its removal, but before adopting it pulls the same roster from the
+    // leader (its anti-entropy, at the wrong moment) and leaves: the push then finds it idle.
+    const g = f3.group as unknown as { adopt: (r: SignedRosterRecord, k: unknown) => Promise<string> }
+    const realAdopt = g.adopt.bind(f3.group)
+    let raced = false
+    g.adopt = async (record, key) => {
+      if (record.roster.version === v + 1 && !raced) {
+        raced = true
+        await f3.group.pullFrom(leader.peerId)
+        expect(f3.group.membership).toBeUndefined()
+      }
+      return await realAdopt(record, key)
+    }
+    const err = await expectCode(leader.group.unlink('f3'), 'NO_QUORUM')
+    expect(raced).toBe(true)
+    expect(err.message).toMatch(new RegExp(`roster v${v + 1} was stored by 2 of 4 members`))
   })
 
   it('a removed host that already left (it pulled its removal first) counts as having stored the roster that removed it', async () => {
