@@ -87,7 +87,10 @@ export class ReplServer {
       socket.off('data', onData)
       let hello: { terminal?: unknown, columns?: unknown } = {}
       try {
-        hello = JSON.parse(buffered.subarray(0, nl).toString('utf8')) as typeof hello
+        const parsed: unknown = JSON.parse(buffered.subarray(0, nl).toString('utf8'))
+        // `null`, a number, a string or an array parse too: only an object is a handshake.
+        if (parsed == null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object')
+        hello = parsed as typeof hello
       } catch {
         socket.end('edgelink repl: bad handshake; attach with `edgelink repl`\n')
         return

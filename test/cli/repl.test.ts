@@ -92,17 +92,20 @@ describe('edgelink repl attached to a running agent', () => {
   })
 
   it('a garbage handshake on the REPL socket is refused and the agent keeps running', async () => {
-    const answer = await new Promise<string>((resolve, reject) => {
-      const socket = connect(join(dataDir, 'repl.sock'))
-      let text = ''
-      socket.setEncoding('utf8')
-      socket.on('data', (s: string) => { text += s })
-      socket.on('error', reject)
-      socket.on('close', () => { resolve(text) })
-      socket.write('\u0000\u00ffnot json\n')
-    })
-    expect(answer).toMatch(/bad handshake/)
-    await expectAgentAnswers(agent)
+    // Not JSON; and JSON that is not an object (`null` once killed the agent).
+    for (const line of ['\u0000\u00ffnot json', 'null', '42', '"hello"', '[true]']) {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = connect(join(dataDir, 'repl.sock'))
+        let text = ''
+        socket.setEncoding('utf8')
+        socket.on('data', (s: string) => { text += s })
+        socket.on('error', reject)
+        socket.on('close', () => { resolve(text) })
+        socket.write(line + '\n')
+      })
+      expect(answer, line).toMatch(/bad handshake/)
+      await expectAgentAnswers(agent)
+    }
   })
 })
 
