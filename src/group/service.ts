@@ -75,6 +75,8 @@ export interface CreatedToken {
 export type AdoptOutcome = 'adopted' | 'same' | 'older' | 'wrong-group' | 'bad-term' | 'term-gap' | 'idle' | 'no-key'
 
 export class GroupService implements JoinLeaderLogic, RosterLogic {
+  /** A link (join) of this host is running; see link(). */
+  private linking = false
   readonly c: GroupComponents
   readonly tokens: TokenBook
   readonly self: string
@@ -231,6 +233,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     if (!Number.isFinite(ttlMs) || ttlMs < 1000 || ttlMs > max) {
       throw new TokenError(`token lifetime must be between 1s and ${formatDuration(max)} (group.maxTokenTtl)`, 'TOKEN_TTL_INVALID')
     }
+    if (this.linking && this.member == null) throw new GroupStateError('this host is being linked to a group (an `edgelink link` is running); wait for it to finish, then issue tokens on the group\'s leader', 'LINK_IN_PROGRESS', 409)
     return await this.changeLock.run(async () => {
       if (this.member == null) await this.leader.createGroup()
       const m = this.requireMembership()
@@ -265,7 +268,15 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
 
   /** Join the group a token names (see link.ts). */
   async link (tokenText: string): Promise<GroupStatusFields & { hosts: number }> {
-    return await linkWithToken(this, tokenText)
+    // One link at a time: two at once would each pass the "idle" check, and each leader
+    // would list this host while it kept only the last group it stored.
+    if (this.linking) throw new GroupStateError('this host is already being linked (another `edgelink link` is running); wait for it to finish, then check `edgelink status`', 'LINK_IN_PROGRESS', 409)
+    this.linking = true
+    try {
+      return await linkWithToken(this, tokenText)
+    } finally {
+      this.linking = false
+    }
   }
 
   /**

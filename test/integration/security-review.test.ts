@@ -370,3 +370,30 @@ describe('security review: keys on the way to a member that was behind', () => {
     await waitFor(() => M2.group.roster?.version === version && keyHex(M2) === realKey, { timeout: 15_000, what: 'm on the real roster and key' })
   })
 })
+
+describe('review: one link at a time', () => {
+  const set = new AgentSet()
+  afterEach(async () => { await set.stopAll() })
+
+  it('two links started at once on one host: one is refused (LINK_IN_PROGRESS), and only the other group lists the host', async () => {
+    const L1 = await set.start({ name: 'l1', config: FAST })
+    const L2 = await set.start({ name: 'l2', config: FAST })
+    const F = await set.start({ name: 'ff', config: FAST })
+    const t1 = (await L1.group.createToken()).token
+    const t2 = (await L2.group.createToken()).token
+    const [a, b] = await Promise.allSettled([F.group.link(t1), F.group.link(t2)])
+    const outcomes = [a, b].map(r => r.status)
+    expect(outcomes.sort()).toEqual(['fulfilled', 'rejected'])
+    const refused = [a, b].find(r => r.status === 'rejected') as PromiseRejectedResult
+    expect(refused.reason).toMatchObject({ code: 'LINK_IN_PROGRESS' })
+    const joined = a.status === 'fulfilled' ? L1 : L2
+    const other = joined === L1 ? L2 : L1
+    expect(F.group.roster?.groupId).toBe(joined.group.roster?.groupId)
+    expect(joined.group.hosts().map(h => h.hostname).sort()).toEqual(['ff', joined === L1 ? 'l1' : 'l2'])
+    expect(other.group.hosts().map(h => h.hostname)).toEqual([other === L1 ? 'l1' : 'l2'])
+    // The refused token was never offered: it still links another host.
+    const G = await set.start({ name: 'gg', config: FAST })
+    await G.group.link(joined === L1 ? t2 : t1)
+    expect(other.group.hosts().map(h => h.hostname).sort()).toEqual(['gg', other === L1 ? 'l1' : 'l2'].sort())
+  })
+})
