@@ -173,6 +173,10 @@ export class Agent {
       await api.start()
       undo.push(async () => { await api.stop() })
       await repl.start()
+      if (this.config.ui != null) {
+        // Accepted so that configs written for it do not fail; nothing listens yet.
+        this.log.warn({ ui: this.config.ui }, 'the Local UI is not part of this version yet: nothing listens on the ui address; use the CLI')
+      }
 
       this.log.info({
         peerId: node.peerId.toString(),

@@ -95,9 +95,13 @@ export function registerRoutes (app: FastifyInstance, agent: Agent): void {
     const { host, settings } = body(settingsSet, req.body)
     return await agent.settings.set(host, settings)
   })
-  app.get<{ Querystring: { host?: string } }>('/api/v1/settings', async (req) => {
-    const host = typeof req.query.host === 'string' && req.query.host !== '' ? req.query.host : undefined
-    return agent.settings.show(host)
+  app.get<{ Querystring: { host?: string | string[] } }>('/api/v1/settings', async (req) => {
+    // Absent means this host; given, it must name one (an empty or repeated value is not
+    // quietly taken as "this host": a script's empty $HOST would show the wrong one).
+    const q = req.query.host
+    if (Array.isArray(q)) throw new BadRequestError(`give host once (it appears ${q.length} times)`, 'SETTINGS_QUERY_INVALID')
+    if (q === '') throw new BadRequestError('host is empty; give a PeerId or hostname (see `edgelink hosts`), or leave it out for this host', 'UNKNOWN_HOST')
+    return agent.settings.show(q)
   })
 
   app.post('/api/v1/tokens', async (req) => {

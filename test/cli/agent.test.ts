@@ -5,6 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { connect, createServer } from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   apiGet,
@@ -76,6 +77,26 @@ describe('edgelink agent process', () => {
     expect(existsSync(join(dataDir, 'repl.sock'))).toBe(true)
     const status = await apiGet(dataDir, '/api/v1/status')
     expect((status.body as StatusJson).peerId).toBe(first.peerId)
+  })
+
+  it('--ui is accepted but says in the log that the Local UI is not in this version, and nothing listens there', async () => {
+    const dir = tempDataDir()
+    const busy = createServer()
+    await new Promise<void>(resolve => { busy.listen(0, '127.0.0.1', () => { resolve() }) })
+    const port = (busy.address() as { port: number }).port
+    busy.close()
+    const a = await startAgent(dir, ['--ui', `127.0.0.1:${port}`])
+    try {
+      await waitFor(() => a.stdout().includes('Local UI is not part of this version'), 'the --ui warning')
+      const refused = await new Promise<boolean>(resolve => {
+        const s = connect(port, '127.0.0.1')
+        s.on('connect', () => { s.destroy(); resolve(false) })
+        s.on('error', () => { resolve(true) })
+      })
+      expect(refused).toBe(true)
+    } finally {
+      await stopAgent(a)
+    }
   })
 
   it('a listen address already in use exits 1 with one clear line naming the address', async () => {

@@ -464,6 +464,21 @@ describe('edgelink settings', () => {
     it('settings show nosuchhost exits 1 naming it', async () => {
       expect(failureLine(await el(agents.h1, ['settings', 'show', 'nosuchhost']))).toContain('nosuchhost')
     })
+
+    it('settings show "" is a usage error, not this host; the API refuses an empty or repeated host', async () => {
+      expect(usageError(await el(agents.h1, ['settings', 'show', '']))).toMatch(/HOST is empty/)
+      const empty = await apiGet(agents.h1.dataDir, '/api/v1/settings?host=')
+      expect(empty.status).toBe(400)
+      expect(JSON.stringify(empty.body)).toMatch(/host is empty/)
+      const twice = await apiGet(agents.h1.dataDir, '/api/v1/settings?host=h2&host=h3')
+      expect(twice.status).toBe(400)
+      expect(JSON.stringify(twice.body)).toMatch(/give host once/)
+    })
+
+    it('settings set HOST __proto__=x is refused by name (exit 2), not silently dropped', async () => {
+      expect(usageError(await el(agents.h1, ['settings', 'set', 'h2', '__proto__=x', 'zz=1']))).toMatch(/"__proto__" cannot be a setting name/)
+      await expectUnchanged()
+    })
   })
 
   it('a hook that exits 1 gives failed with the last line of its stderr', async () => {

@@ -28,7 +28,7 @@ export function registerAgent (program: Command): void {
     .option('--listen <multiaddr>', 'listen address (repeatable)', collect)
     .option('--announce <multiaddr>', 'address to announce instead of the listen addresses (repeatable)', collect)
     .option('--peer <multiaddr>', 'peer to dial at start, ending in /p2p/<PeerId> (repeatable)', collect)
-    .option('--ui <host:port>', 'serve the Local UI on this address')
+    .option('--ui <host:port>', 'serve the Local UI on this address (not in this version yet: accepted and logged as ignored)')
     .option('--no-mdns', 'do not discover or announce on the LAN with mDNS')
     .option('--hostname <name>', 'name shown for this host (default: the machine hostname)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
