@@ -230,7 +230,11 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f2', 'lead'])
   })
 
-  it('a push that misses its majority keeps the new roster on the leader, says so, and the roster reaches the others by pull', async () => {
+  /**
+   * f1, f2 and f3 linked; f1 and f2 then stay up and connected (so the reachability check
+   * passes) but refuse roster pushes. Returns f3 and the roster version before the change.
+   */
+  async function fourWithTwoDeaf (): Promise<{ f3: Agent, v: number }> {
     const f3 = await set.start({ name: 'f3', config: FAST })
     await linkTo(leader, f1)
     await linkTo(leader, f2)
@@ -238,9 +242,13 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     await until(() => [f1, f2, f3].every(f => f.group.hosts().length === 4))
     const v = leader.hostStatus().rosterVersion
     if (v == null) throw new Error('the leader has no roster')
-    // f1 and f2 stay up and connected (so the reachability check passes) but refuse roster pushes.
     await f1.node.unhandle(ROSTER_PROTOCOL)
     await f2.node.unhandle(ROSTER_PROTOCOL)
+    return { f3, v }
+  }
+
+  it('a push that misses its majority keeps the new roster on the leader, says so, and the roster reaches the others by pull', async () => {
+    const { v } = await fourWithTwoDeaf()
     const err = await expectCode(leader.group.unlink('f3'), 'NO_QUORUM')
     expect(err.message).toMatch(new RegExp(`roster v${v + 1} was stored by 2 of 4 members and will reach the others when they return`))
     expect(leader.hostStatus().rosterVersion).toBe(v + 1)
@@ -251,15 +259,7 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
   })
 
   it('a removed host that pulls its removal while the push of it waits counts as having stored it', async () => {
-    const f3 = await set.start({ name: 'f3', config: FAST })
-    await linkTo(leader, f1)
-    await linkTo(leader, f2)
-    await linkTo(leader, f3)
-    await until(() => [f1, f2, f3].every(f => f.group.hosts().length === 4))
-    const v = leader.hostStatus().rosterVersion
-    if (v == null) throw new Error('the leader has no roster')
-    await f1.node.unhandle(ROSTER_PROTOCOL)
-    await f2.node.unhandle(ROSTER_PROTOCOL)
+    const { f3, v } = await fourWithTwoDeaf()
     // f3 takes the push of its removal, but before adopting it pulls the same roster from the
     // leader (its anti-entropy, at the wrong moment) and leaves: the push then finds it idle.
     const g = f3.group as unknown as { adopt: (r: SignedRosterRecord, k: unknown) => Promise<string> }
