@@ -260,20 +260,22 @@ export class ContentService implements ContentHooks, SyncServer {
     if (r == null || c.view.groupId !== r.groupId || c.view.term > r.term) return 'refused'
     const leader = await this.c.group.leaderOfTerm(c.view.term).catch(() => undefined)
     if (leader !== c.view.issuer) return 'refused'
-    this.seenVersion = Math.max(this.seenVersion, c.view.version)
     const mine = this.current?.view
     if (c.view.term < r.term) {
       // A catalog of an earlier term, once a newer one is known. A follower refuses it
-      // (DESIGN: records of an older term are rejected; a former leader signs no more).
+      // (DESIGN: records of an older term are rejected; a former leader signs no more),
+      // and does not let its version count either.
       // The leader, once it has issued in its term, merges it: it may list what that
       // leader added while this one, then a follower, missed it. Before that, the leader
       // keeps the newest it hears, and re-signs it in its own term (reissueAsLeader).
       if (r.leader !== this.self) return 'stale'
+      this.seenVersion = Math.max(this.seenVersion, c.view.version)
       if (mine != null && mine.term === r.term) {
         if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
         return 'stale'
       }
     }
+    this.seenVersion = Math.max(this.seenVersion, c.view.version)
     // Versions only, not terms: a member holding an old term's catalog of the same version
     // as the new leader's keeps it, and so can hand it to the leader (pulls), which merges.
     if (mine != null && c.view.version <= mine.version) return 'stale'

@@ -316,11 +316,16 @@ describe('sync regressions from the store and sync-path review', () => {
     expect(await f2.content.receive(forged.bytes, lead.peerId)).toBe('stale')
     expect(f2.content.list().map(i => i.name)).toEqual(['keep'])
     expect(f2.content.blobs.has(item.digest)).toBe(true)
+    // Nor does its version count: made leader, f2 signs the catalog again just above its own.
+    const held = (await verifyCatalog(f2.content.catalog()!)).view.version
+    await f1.group.relinquish('f2')
+    await until(async () => { const b = f2.content.catalog(); return b != null && (await verifyCatalog(b)).view.term === 3 })
+    expect((await verifyCatalog(f2.content.catalog()!)).view.version).toBe(held + 1)
     // The leader merges it (a union never deletes) and stays above its version.
-    await f1.content.receive(forged.bytes, lead.peerId)
-    await until(async () => { const b = f2.content.catalog(); return b != null && (await verifyCatalog(b)).view.version > 1000 })
-    expect(f2.content.list().map(i => i.name)).toEqual(['keep'])
-    expect(f2.content.blobs.has(item.digest)).toBe(true)
+    await f2.content.receive(forged.bytes, lead.peerId)
+    await until(async () => { const b = f1.content.catalog(); return b != null && (await verifyCatalog(b)).view.version > 1000 })
+    expect(f1.content.list().map(i => i.name)).toEqual(['keep'])
+    expect(f1.content.blobs.has(item.digest)).toBe(true)
   })
 
   it('a host that joins after a change of leader gets the catalog, signed in the new term', async () => {
