@@ -1,5 +1,6 @@
 /** Printing for the CLI: one JSON document with --json, human tables otherwise. */
 import { formatDuration } from '../util/duration.js'
+import { printable } from '../util/printable.js'
 
 export function printJson (value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n')
@@ -13,11 +14,6 @@ export function formatTable (header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i])).join('  ').trimEnd()
   return [line(header), ...rows.map(line)].join('\n') + '\n'
-}
-
-/** `s` with control, invisible format, line-separator and lone surrogate characters written as \u escapes. */
-export function printable (s: string): string {
-  return s.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu, c => `\\u${c.codePointAt(0)?.toString(16).padStart(4, '0') ?? ''}`)
 }
 
 /** Key/value lines: `Key   value`, lists continued on following lines. */

@@ -94,6 +94,28 @@ export async function verifyCatalog (bytes: Uint8Array): Promise<SignedCatalog> 
 }
 
 /**
+ * What a member does with a verified catalog `c` whose issuer led its term, given the one
+ * it holds (`mine`) and its roster:
+ * - `older-term`: refused, a follower's answer to a catalog of an earlier term once it
+ *   knows a newer one (DESIGN: records of an older term are rejected; a former leader
+ *   signs no more). Its version does not count toward what this host would issue.
+ * - `merge`: the leader, having issued in its term, hears an earlier term's catalog at or
+ *   above its version: that leader added something this one missed; issue the union.
+ * - `keep`: a higher version. Versions only, not terms: a member holding an old term's
+ *   catalog of the same version as the new leader's keeps it, and so can hand it to the
+ *   leader (pulls), which merges. A leader that has not issued in its term yet keeps the
+ *   newest it hears, and signs it again in its own term.
+ * - `stale`: nothing to do.
+ */
+export function catalogVerdict (c: CatalogView, mine: CatalogView | undefined, roster: { term: number, leader: string }, self: string): 'older-term' | 'merge' | 'keep' | 'stale' {
+  if (c.term < roster.term) {
+    if (roster.leader !== self) return 'older-term'
+    if (mine != null && mine.term === roster.term) return c.version >= mine.version ? 'merge' : 'stale'
+  }
+  return mine != null && c.version <= mine.version ? 'stale' : 'keep'
+}
+
+/**
  * Why a catalog listing `items` (the new item last) could not be issued, or undefined if it can: too many
  * items, or a signed record over the size every member accepts (long names fill it long
  * before the item limit). Checked before an upload, not after gigabytes have arrived.

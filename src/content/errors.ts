@@ -24,6 +24,13 @@ export class InsufficientSpaceError extends EdgelinkError {
   }
 }
 
+/** A write failed because the file system is full (or the quota is used up). */
+export function isNoSpace (err: unknown): boolean {
+  if (err instanceof InsufficientSpaceError) return true
+  const code = (err as NodeJS.ErrnoException | undefined)?.code
+  return code === 'ENOSPC' || code === 'EDQUOT'
+}
+
 export function tooLarge (size: number): EdgelinkError {
   return new EdgelinkError(`upload of ${formatBytes(size)} is over the ${formatBytes(MAX_CONTENT_SIZE)} limit; nothing was stored`, 'CONTENT_TOO_LARGE', 413)
 }

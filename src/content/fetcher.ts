@@ -15,7 +15,8 @@ import type { Logger } from '../agent/logger.js'
 import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import { ChunkMismatchError, type PartialBlob } from './blobs.js'
-import { chunkLength } from './manifest.js'
+import type { CatalogItemView } from './catalog.js'
+import { chunkLength, decodeManifest, manifestDigest, type ManifestView } from './manifest.js'
 import { SEED_HOLD_MS, SyncRefusedError, SyncSession, SyncStatus } from './sync-protocol.js'
 
 /** Ties for the rarest chunk are broken at random among the first this many. */
@@ -325,4 +326,31 @@ function shuffle<T> (xs: T[]): T[] {
     ;[xs[i], xs[j]] = [xs[j], xs[i]]
   }
   return xs
+}
+
+/**
+ * Ask `peers` in turn for an item's manifest; accept only one whose digest the catalog
+ * names (and that describes the item's digest and size).
+ */
+export async function fetchManifest (d: Pick<FetchDeps, 'node' | 'log'>, peers: string[], item: CatalogItemView, timeoutMs: number, signal: AbortSignal): Promise<ManifestView> {
+  for (const peer of peers) {
+    signal.throwIfAborted()
+    let session: SyncSession | undefined
+    try {
+      session = await SyncSession.open(d.node, peerIdFromString(peer), timeoutMs, signal)
+      const bytes = await session.manifest(item.digest)
+      if (Buffer.from(manifestDigest(bytes)).toString('hex') !== item.manifestDigest) {
+        d.log.warn({ peer, digest: item.digest }, 'member sent a manifest that does not match the catalog')
+        continue
+      }
+      const m = decodeManifest(bytes)
+      if (m.digest !== item.digest || m.size !== item.size) continue
+      return m
+    } catch (err) {
+      d.log.debug({ peer, err: errorMessage(err) }, 'manifest not available from member')
+    } finally {
+      session?.close()
+    }
+  }
+  throw new Error('no member could provide the manifest yet')
 }

@@ -18,12 +18,12 @@ import { BadRequestError, EdgelinkError, errorMessage, NotFoundError } from '../
 import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
 import { BlobStore, InsufficientSpaceError } from './blobs.js'
-import { CHUNK_SIZE, encodeManifest, isDigest, manifestDigest, type ManifestView, decodeManifest } from './manifest.js'
-import { CONTENT_KINDS, MAX_CATALOG_ITEMS, catalogProblem, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
-import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, SyncSession, type SyncServer } from './sync-protocol.js'
-import { ItemFetch, type FetchOptions } from './fetcher.js'
+import { isNoSpace } from './errors.js'
+import { CHUNK_SIZE, encodeManifest, isDigest, manifestDigest, type ManifestView } from './manifest.js'
+import { CONTENT_KINDS, MAX_CATALOG_ITEMS, catalogProblem, catalogVerdict, signCatalog, verifyCatalog, type CatalogItemView, type ContentKind, type SignedCatalog } from './catalog.js'
+import { ChunkClaims, SYNC_PROTOCOL, MAX_INBOUND_SYNC_STREAMS, syncHandler, type SyncServer } from './sync-protocol.js'
+import { fetchManifest, ItemFetch, type FetchOptions } from './fetcher.js'
 import { missingBytes } from './bitmap.js'
-import { peerIdFromString } from '@libp2p/peer-id'
 import { sameBytes } from '../util/bytes.js'
 import { contentNameProblem } from './names.js'
 
@@ -260,25 +260,10 @@ export class ContentService implements ContentHooks, SyncServer {
     if (r == null || c.view.groupId !== r.groupId || c.view.term > r.term) return 'refused'
     const leader = await this.c.group.leaderOfTerm(c.view.term).catch(() => undefined)
     if (leader !== c.view.issuer) return 'refused'
-    const mine = this.current?.view
-    if (c.view.term < r.term) {
-      // A catalog of an earlier term, once a newer one is known. A follower refuses it
-      // (DESIGN: records of an older term are rejected; a former leader signs no more),
-      // and does not let its version count either.
-      // The leader, once it has issued in its term, merges it: it may list what that
-      // leader added while this one, then a follower, missed it. Before that, the leader
-      // keeps the newest it hears, and re-signs it in its own term (reissueAsLeader).
-      if (r.leader !== this.self) return 'stale'
-      this.seenVersion = Math.max(this.seenVersion, c.view.version)
-      if (mine != null && mine.term === r.term) {
-        if (c.view.version >= mine.version) await this.mergeCatalog(c, via)
-        return 'stale'
-      }
-    }
-    this.seenVersion = Math.max(this.seenVersion, c.view.version)
-    // Versions only, not terms: a member holding an old term's catalog of the same version
-    // as the new leader's keeps it, and so can hand it to the leader (pulls), which merges.
-    if (mine != null && c.view.version <= mine.version) return 'stale'
+    const verdict = catalogVerdict(c.view, this.current?.view, r, this.self)
+    if (verdict !== 'older-term') this.seenVersion = Math.max(this.seenVersion, c.view.version)
+    if (verdict === 'merge') await this.mergeCatalog(c, via)
+    if (verdict !== 'keep') return 'stale'
     await this.keep(c)
     return 'stored'
   }
@@ -463,14 +448,14 @@ export class ContentService implements ContentHooks, SyncServer {
   }
 
   private async fetchItem (item: CatalogItemView, signal: AbortSignal): Promise<void> {
-    const manifest = this.blobs.manifest(item.digest) ?? await this.fetchManifest(item, signal)
+    const manifest = this.blobs.manifest(item.digest) ?? await fetchManifest({ node: this.c.node, log: this.c.log }, this.otherMembers(), item, this.fetchOptions.chunkTimeoutMs, signal)
     const partial = await this.blobs.openPartial(manifest)
     try {
       let lastPublish = 0
       const fetch = new ItemFetch({
         node: this.c.node,
         log: this.c.log,
-        peers: () => (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self),
+        peers: () => this.otherMembers(),
         received: (peer, n) => { this.traffic.received.set(peer, (this.traffic.received.get(peer) ?? 0) + n) },
         fault: (peer) => { this.traffic.faults.set(peer, (this.traffic.faults.get(peer) ?? 0) + 1) },
         progress: () => {
@@ -489,6 +474,11 @@ export class ContentService implements ContentHooks, SyncServer {
     }
   }
 
+  /** Members other than this host, now. */
+  private otherMembers (): string[] {
+    return (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self)
+  }
+
   /** The state a full disk shows: what the item still needs against what is free. */
   private async noSpace (item: CatalogItemView): Promise<InsufficientSpaceError> {
     const m = this.blobs.manifest(item.digest)
@@ -497,38 +487,6 @@ export class ContentService implements ContentHooks, SyncServer {
     const have = await this.blobs.available(item.digest).catch(() => 0)
     return new InsufficientSpaceError(need, have)
   }
-
-  /** Ask members for the manifest; accept only one whose digest the catalog names. */
-  private async fetchManifest (item: CatalogItemView, signal: AbortSignal): Promise<ManifestView> {
-    const peers = (this.c.group.roster?.members ?? []).map(m => m.peerId).filter(p => p !== this.self)
-    for (const peer of peers) {
-      signal.throwIfAborted()
-      let session: SyncSession | undefined
-      try {
-        session = await SyncSession.open(this.c.node, peerIdFromString(peer), this.fetchOptions.chunkTimeoutMs, signal)
-        const bytes = await session.manifest(item.digest)
-        if (Buffer.from(manifestDigest(bytes)).toString('hex') !== item.manifestDigest) {
-          this.c.log.warn({ peer, digest: item.digest }, 'member sent a manifest that does not match the catalog')
-          continue
-        }
-        const m = decodeManifest(bytes)
-        if (m.digest !== item.digest || m.size !== item.size) continue
-        return m
-      } catch (err) {
-        this.c.log.debug({ peer, err: errorMessage(err) }, 'manifest not available from member')
-      } finally {
-        session?.close()
-      }
-    }
-    throw new Error('no member could provide the manifest yet')
-  }
-}
-
-/** A write failed because the file system is full (or the quota is used up). */
-function isNoSpace (err: unknown): boolean {
-  if (err instanceof InsufficientSpaceError) return true
-  const code = (err as NodeJS.ErrnoException | undefined)?.code
-  return code === 'ENOSPC' || code === 'EDQUOT'
 }
 
 function pct (have: number, total: number): number {

@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { catalogProblem, signCatalog, MAX_CATALOG_ITEMS, type CatalogItemView } from '../../src/content/catalog.js'
+import { catalogProblem, catalogVerdict, signCatalog, MAX_CATALOG_ITEMS, type CatalogItemView, type CatalogView } from '../../src/content/catalog.js'
 import { signSettings, peerBytes } from '../../src/status/records.js'
 import { MAX_RECORD_BYTES } from '../../src/status/records.js'
 import { u8 } from '../../src/util/bytes.js'
@@ -58,5 +58,30 @@ describe('catalogProblem', () => {
     expect(catalogProblem(items, GROUP, issuer)).toMatch(/catalog is full .*remove items with `edgelink content rm`, or use a shorter name/)
     // One item fewer fits: the check is at the record limit, not short of it.
     expect(catalogProblem(items.slice(0, -1), GROUP, issuer)).toBeUndefined()
+  })
+})
+
+describe('catalogVerdict', () => {
+  const view = (version: number, term: number): CatalogView => ({ groupId: GROUP, version, term, items: [], issuer: 'x', issuedAt: new Date(0).toISOString() })
+  const roster = (term: number, leader: string): { term: number, leader: string } => ({ term, leader })
+
+  it('a follower refuses an earlier term\'s catalog, whatever its version', () => {
+    expect(catalogVerdict(view(1000, 1), view(2, 2), roster(2, 'lead'), 'me')).toBe('older-term')
+    expect(catalogVerdict(view(1000, 1), undefined, roster(2, 'lead'), 'me')).toBe('older-term')
+  })
+
+  it('a leader that issued in its term merges an earlier term\'s catalog at or above its version, and ignores one below', () => {
+    expect(catalogVerdict(view(3, 1), view(3, 2), roster(2, 'me'), 'me')).toBe('merge')
+    expect(catalogVerdict(view(2, 1), view(3, 2), roster(2, 'me'), 'me')).toBe('stale')
+  })
+
+  it('a leader that has not issued in its term yet keeps the newest by version', () => {
+    expect(catalogVerdict(view(5, 1), view(4, 1), roster(2, 'me'), 'me')).toBe('keep')
+  })
+
+  it('within a term, versions only: higher is kept, equal or lower is stale (an equal version of a later term too)', () => {
+    expect(catalogVerdict(view(3, 2), view(2, 2), roster(2, 'lead'), 'me')).toBe('keep')
+    expect(catalogVerdict(view(2, 2), view(2, 1), roster(2, 'lead'), 'me')).toBe('stale')
+    expect(catalogVerdict(view(1, 2), undefined, roster(2, 'lead'), 'me')).toBe('keep')
   })
 })

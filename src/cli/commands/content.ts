@@ -7,7 +7,8 @@ import type { CatalogItemView } from '../../content/catalog.js'
 import type { ContentItemView } from '../../content/service.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
-import { formatTable, printable, printJson } from '../output.js'
+import { formatTable, printJson } from '../output.js'
+import { printable } from '../../util/printable.js'
 import { CONTENT_KINDS, contentNameProblem } from '../../content/names.js'
 
 const KINDS: readonly string[] = CONTENT_KINDS
