@@ -44,7 +44,21 @@ export interface SettingsView {
   state: SettingsStateView
 }
 
-type StoredState = SettingsStateView
+/** As stored by builds before the state carried a term. */
+type StoredState = Omit<SettingsStateView, 'term'> & { term?: number }
+
+/**
+ * Whether change `a` (version, term) comes after `b`. Versions first; on an equal version
+ * the later term wins. Within a term only its leader issues, one version at a time per host,
+ * so no two different changes for a host share both: every member ends on the same one.
+ * Versions alone did not: a leader's change that reached only some members before a
+ * handover, and the new leader's next change for that host (issued without it, so with
+ * the same version), were each kept by the members that had it first, for good.
+ */
+export function settingsAfter (a: { version: number, term: number }, b: { version: number, term: number } | undefined): boolean {
+  if (b == null) return true
+  return a.version > b.version || (a.version === b.version && a.term > b.term)
+}
 
 /** A hook still running after this long is reported `pending` to the group (see setState). */
 export const PENDING_REPORT_AFTER_MS = 250
@@ -54,7 +68,7 @@ export class SettingsService implements SettingsHooks {
   private readonly self: string
   private readonly db: Sublevel<string | StoredState>
   private readonly changes = new Map<string, Verified<SettingsChangeView>>()
-  private own: SettingsStateView = { version: 0, state: 'none', message: '', at: null }
+  private own: SettingsStateView = { version: 0, term: 0, state: 'none', message: '', at: null }
   private readonly applyLock = new Mutex()
   private pendingReport?: NodeJS.Timeout
 
@@ -65,8 +79,9 @@ export class SettingsService implements SettingsHooks {
   }
 
   async start (): Promise<void> {
+    let stored: StoredState | undefined
     for await (const [key, value] of this.db.iterator()) {
-      if (key === 'state') { this.own = value as StoredState; continue }
+      if (key === 'state') { stored = value as StoredState; continue }
       try {
         const v = await verifySettings(Buffer.from(value as string, 'base64'))
         this.changes.set(v.view.target, v)
@@ -75,10 +90,15 @@ export class SettingsService implements SettingsHooks {
         await this.db.del(key)
       }
     }
+    const mine = this.changes.get(this.self)
+    if (stored != null) {
+      // A state stored without a term (an earlier build) belongs to the change we hold if the version matches.
+      const term = stored.term ?? (mine != null && mine.view.version === stored.version ? mine.view.term : 0)
+      this.own = { ...stored, term }
+    }
     this.c.status.attachSettings(this)
     // A change stored but not applied (the agent stopped mid-way, or it arrived while we were down).
-    const mine = this.changes.get(this.self)
-    if (mine != null && (mine.view.version > this.own.version || this.own.state === 'pending')) this.applySoon(mine)
+    if (mine != null && (settingsAfter(mine.view, this.own) || this.own.state === 'pending')) this.applySoon(mine)
   }
 
   // ---- operator ------------------------------------------------------------
@@ -126,9 +146,11 @@ export class SettingsService implements SettingsHooks {
         state = this.c.status.statusOf(peer).settings
       } catch (err) {
         if (!(err instanceof NotFoundError)) throw err
-        state = { version: 0, state: change != null ? 'pending' : 'none', message: 'no status from this host yet', at: null }
+        state = { version: 0, term: 0, state: change != null ? 'pending' : 'none', message: 'no status from this host yet', at: null }
       }
-      if (change != null && state.version < change.version && state.state !== 'pending') {
+      // An earlier build reports no term (0): its version alone then says whether it has the change.
+      const reported = state.term === 0 && change != null ? { version: state.version, term: change.term } : state
+      if (change != null && settingsAfter(change, reported) && state.state !== 'pending') {
         state = { ...state, state: 'pending', message: `version ${change.version} not yet reported by the host` }
       }
     }
@@ -176,7 +198,7 @@ export class SettingsService implements SettingsHooks {
       return 'refused'
     }
     const held = this.changes.get(c.target)
-    if (held != null && held.view.version >= c.version) return 'stale'
+    if (held != null && !settingsAfter(c, held.view)) return 'stale'
     await this.keep(v)
     if (c.target === this.self) this.applySoon(v)
     return 'stored'
@@ -197,13 +219,14 @@ export class SettingsService implements SettingsHooks {
   private async apply (v: Verified<SettingsChangeView>): Promise<void> {
     await this.applyLock.run(async () => {
       const newest = this.changes.get(this.self)
-      if (newest == null || newest.view.version !== v.view.version) return
-      if (this.own.version === v.view.version && this.own.state !== 'pending') return
-      await this.setState({ version: v.view.version, state: 'pending', message: 'applying', at: new Date().toISOString() })
+      if (newest == null || newest.view.version !== v.view.version || newest.view.term !== v.view.term) return
+      if (this.own.version === v.view.version && this.own.term === v.view.term && this.own.state !== 'pending') return
+      const { version, term } = v.view
+      await this.setState({ version, term, state: 'pending', message: 'applying', at: new Date().toISOString() })
       const hook = this.c.config.settings.hook
       let state: SettingsStateView
       if (hook == null) {
-        state = { version: v.view.version, state: 'applied', message: 'stored; no settings hook is configured (settings.hook)', at: new Date().toISOString() }
+        state = { version, term, state: 'applied', message: 'stored; no settings hook is configured (settings.hook)', at: new Date().toISOString() }
       } else {
         const result = await runSettingsHook(hook, {
           version: v.view.version,
@@ -212,7 +235,7 @@ export class SettingsService implements SettingsHooks {
           issuer: v.view.issuer,
           hostname: this.c.config.hostname
         }, { timeoutMs: this.c.config.settings.hookTimeout })
-        state = { version: v.view.version, state: result.state, message: result.message, at: new Date().toISOString() }
+        state = { version, term, state: result.state, message: result.message, at: new Date().toISOString() }
         this.c.log.info({ version: v.view.version, state: result.state, exitCode: result.exitCode, durationMs: result.durationMs }, 'settings hook finished')
       }
       await this.setState(state)

@@ -26,6 +26,8 @@ export class RecordError extends EdgelinkError {
 
 export interface SettingsStateView {
   version: number
+  /** Term of the change `version` belongs to: changes are ordered by (version, term); 0 if none. */
+  term: number
   state: 'none' | 'pending' | 'applied' | 'failed'
   message: string
   at: string | null
@@ -158,6 +160,7 @@ function statusView (s: HostStatus): HostStatusView {
     labels: labelsToMap(s.labels),
     settings: {
       version: Number(s.settings?.version ?? 0n),
+      term: Number(s.settings?.term ?? 0n),
       state: (['none', 'pending', 'applied', 'failed'].includes(s.settings?.state ?? '') ? s.settings?.state : 'none') as SettingsStateView['state'],
       message: s.settings?.message ?? '',
       at: s.settings?.at != null && s.settings.at > 0n ? new Date(Number(s.settings.at)).toISOString() : null

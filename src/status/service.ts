@@ -260,7 +260,7 @@ export class StatusService {
   private buildWire (facts = collectSystem(this.c.dataDir), health = healthOf(facts)): Parameters<typeof signStatus>[0] {
     const now = BigInt(Date.now()) * 1000n
     this.lastSeq = now > this.lastSeq ? now : this.lastSeq + 1n
-    const st = this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null }
+    const st = this.settings?.state() ?? { version: 0, term: 0, state: 'none', message: '', at: null }
     const role = this.c.group.statusFields().role
     return {
       peerId: peerBytes(this.self),
@@ -286,7 +286,7 @@ export class StatusService {
       health: health.health,
       healthDetail: health.detail,
       labels: mapToLabels(this.c.config.labels),
-      settings: { version: BigInt(st.version), state: st.state, message: st.message, at: BigInt(st.at != null ? Date.parse(st.at) : 0) },
+      settings: { version: BigInt(st.version), term: BigInt(st.term), state: st.state, message: st.message, at: BigInt(st.at != null ? Date.parse(st.at) : 0) },
       content: this.content?.progress() ?? []
     }
   }
@@ -311,7 +311,7 @@ export class StatusService {
       health: w.health,
       healthDetail: w.healthDetail,
       labels: { ...this.c.config.labels },
-      settings: this.settings?.state() ?? { version: 0, state: 'none', message: '', at: null },
+      settings: this.settings?.state() ?? { version: 0, term: 0, state: 'none', message: '', at: null },
       content: w.content.map(c => ({ digest: c.digest, state: c.state, have: c.have, total: c.total, error: c.error }))
     }
   }

@@ -122,6 +122,7 @@ export interface SettingsState {
   state: string
   message: string
   at: bigint
+  term: bigint
 }
 
 export namespace SettingsState {
@@ -154,6 +155,11 @@ export namespace SettingsState {
           w.uint64(obj.at)
         }
 
+        if ((obj.term != null && obj.term !== 0n)) {
+          w.uint32(40)
+          w.uint64(obj.term)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -162,7 +168,8 @@ export namespace SettingsState {
           version: 0n,
           state: '',
           message: '',
-          at: 0n
+          at: 0n,
+          term: 0n
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -185,6 +192,10 @@ export namespace SettingsState {
             }
             case 4: {
               obj.at = reader.uint64()
+              break
+            }
+            case 5: {
+              obj.term = reader.uint64()
               break
             }
             default: {
@@ -230,6 +241,13 @@ export namespace SettingsState {
               }
               break
             }
+            case 5: {
+              yield {
+                field: `${prefix}.term`,
+                value: reader.uint64()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -262,6 +280,11 @@ export namespace SettingsState {
     value: bigint
   }
 
+  export interface SettingsStateTermFieldEvent {
+    field: '$.term'
+    value: bigint
+  }
+
   export function encode (obj: Partial<SettingsState>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, SettingsState.codec())
   }
@@ -270,7 +293,7 @@ export namespace SettingsState {
     return decodeMessage(buf, SettingsState.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<SettingsState>): Generator<SettingsStateVersionFieldEvent | SettingsStateStateFieldEvent | SettingsStateMessageFieldEvent | SettingsStateAtFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<SettingsState>): Generator<SettingsStateVersionFieldEvent | SettingsStateStateFieldEvent | SettingsStateMessageFieldEvent | SettingsStateAtFieldEvent | SettingsStateTermFieldEvent> {
     return streamMessage(buf, SettingsState.codec(), opts)
   }
 }
@@ -980,6 +1003,11 @@ export namespace HostStatus {
     value: bigint
   }
 
+  export interface HostStatusSettingsTermFieldEvent {
+    field: '$.settings.term'
+    value: bigint
+  }
+
   export interface HostStatusContentDigestFieldEvent {
     field: '$.content[].digest'
     value: string
@@ -1018,7 +1046,7 @@ export namespace HostStatus {
     return decodeMessage(buf, HostStatus.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HostStatus>): Generator<HostStatusPeerIdFieldEvent | HostStatusSeqFieldEvent | HostStatusAtFieldEvent | HostStatusHostnameFieldEvent | HostStatusAddressesFieldEvent | HostStatusAgentVersionFieldEvent | HostStatusUptimeMsFieldEvent | HostStatusPlatformFieldEvent | HostStatusOsReleaseFieldEvent | HostStatusKernelFieldEvent | HostStatusArchFieldEvent | HostStatusCpusFieldEvent | HostStatusLoad1FieldEvent | HostStatusLoad5FieldEvent | HostStatusLoad15FieldEvent | HostStatusMemTotalFieldEvent | HostStatusMemFreeFieldEvent | HostStatusDiskTotalFieldEvent | HostStatusDiskFreeFieldEvent | HostStatusRoleFieldEvent | HostStatusHealthFieldEvent | HostStatusHealthDetailFieldEvent | HostStatusLabelsKeyFieldEvent | HostStatusLabelsValueFieldEvent | HostStatusSettingsVersionFieldEvent | HostStatusSettingsStateFieldEvent | HostStatusSettingsMessageFieldEvent | HostStatusSettingsAtFieldEvent | HostStatusContentDigestFieldEvent | HostStatusContentStateFieldEvent | HostStatusContentHaveFieldEvent | HostStatusContentTotalFieldEvent | HostStatusContentErrorFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HostStatus>): Generator<HostStatusPeerIdFieldEvent | HostStatusSeqFieldEvent | HostStatusAtFieldEvent | HostStatusHostnameFieldEvent | HostStatusAddressesFieldEvent | HostStatusAgentVersionFieldEvent | HostStatusUptimeMsFieldEvent | HostStatusPlatformFieldEvent | HostStatusOsReleaseFieldEvent | HostStatusKernelFieldEvent | HostStatusArchFieldEvent | HostStatusCpusFieldEvent | HostStatusLoad1FieldEvent | HostStatusLoad5FieldEvent | HostStatusLoad15FieldEvent | HostStatusMemTotalFieldEvent | HostStatusMemFreeFieldEvent | HostStatusDiskTotalFieldEvent | HostStatusDiskFreeFieldEvent | HostStatusRoleFieldEvent | HostStatusHealthFieldEvent | HostStatusHealthDetailFieldEvent | HostStatusLabelsKeyFieldEvent | HostStatusLabelsValueFieldEvent | HostStatusSettingsVersionFieldEvent | HostStatusSettingsStateFieldEvent | HostStatusSettingsMessageFieldEvent | HostStatusSettingsAtFieldEvent | HostStatusSettingsTermFieldEvent | HostStatusContentDigestFieldEvent | HostStatusContentStateFieldEvent | HostStatusContentHaveFieldEvent | HostStatusContentTotalFieldEvent | HostStatusContentErrorFieldEvent> {
     return streamMessage(buf, HostStatus.codec(), opts)
   }
 }

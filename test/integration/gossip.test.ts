@@ -231,7 +231,7 @@ function statusWire (peer: string): Parameters<typeof signStatus>[0] {
     peerId: peerBytes(peer), seq: BigInt(Date.now()) * 1000n + 999n, at: BigInt(Date.now()), hostname: 'x', addresses: [], agentVersion: '0',
     uptimeMs: 0n, platform: 'linux', osRelease: '', kernel: '', arch: '', cpus: 1, load1: 0, load5: 0, load15: 0,
     memTotal: 0n, memFree: 0n, diskTotal: 0n, diskFree: 0n, role: 'follower', health: 'ok', healthDetail: '', labels: [],
-    settings: { version: 0n, state: 'none', message: '', at: 0n },
+    settings: { version: 0n, term: 0n, state: 'none', message: '', at: 0n },
     content: []
   }
 }
@@ -394,6 +394,31 @@ describe('host settings through a hook', () => {
     expect(await f2.settings.receive(forged.bytes, f1.peerId)).toBe('refused')
     expect(f2.settings.show().version).toBe(0)
     expect(readFileSync(f2.paths.auditLog, 'utf8')).toContain('settings.refused')
+  })
+
+  it('two changes with the same version from different terms: every member ends on the later term\'s, and the target applies it', async () => {
+    // The old leader's change for f1 reached f1 only; after a handover the new leader, not
+    // holding it, issues the same version in its term. Versions alone left f1 on the old one.
+    const groupId = Buffer.from(leader.group.roster?.groupId ?? '', 'hex') as Uint8Array<ArrayBuffer>
+    const change = (issuer: string, term: number, v: string): Parameters<typeof signSettings>[0] => ({
+      groupId, target: peerBytes(f1.peerId), version: 1n, settings: mapToLabels({ v }), issuedAt: BigInt(Date.now()), issuer: peerBytes(issuer), term: BigInt(term)
+    })
+    await leader.group.relinquish('f2')
+    await until(() => [leader, f1, f2].every(a => a.group.roster?.term === 2))
+    const old = await signSettings(change(leader.peerId, 1, 'old'), (await loadOrCreateIdentity(leader.paths.identityKey)).privateKey)
+    const next = await signSettings(change(f2.peerId, 2, 'new'), (await loadOrCreateIdentity(f2.paths.identityKey)).privateKey)
+    expect(await f1.settings.receive(old.bytes, leader.peerId)).toBe('stored')
+    await until(() => f1.settings.show().state.state === 'applied')
+    expect(f1.settings.show().state).toMatchObject({ version: 1, term: 1 })
+    expect(await f1.settings.receive(next.bytes, f2.peerId)).toBe('stored')
+    await until(() => f1.settings.show().state.term === 2 && f1.settings.show().state.state === 'applied')
+    expect(JSON.parse(readFileSync(join(dir, 'applied-1.json'), 'utf8'))).toMatchObject({ settings: { v: 'new' } })
+    // The earlier term's change, arriving after, is stale everywhere; all members agree.
+    expect(await f1.settings.receive(old.bytes, leader.peerId)).toBe('stale')
+    expect(await f2.settings.receive(next.bytes, f2.peerId)).not.toBe('refused')
+    expect(await f2.settings.receive(old.bytes, leader.peerId)).toBe('stale')
+    await until(() => [leader, f1, f2].every(a => a.settings.show('f1').settings.v === 'new'))
+    await until(() => f2.settings.show('f1').state.state === 'applied' && f2.settings.show('f1').state.term === 2)
   })
 
   it('settings survive restarts, and a target that was down applies the newest when it returns', async () => {

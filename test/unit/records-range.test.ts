@@ -3,6 +3,7 @@
  * Beyond what a JavaScript number counts exactly, "held + 1" rounds back to "held" and no
  * later record is ever newer: such records are refused when read. And a catalog that
  * could not be issued (too many items, or over the record size) is known before an upload.
+ * Settings changes are ordered by (version, term).
  */
 import { describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -11,6 +12,7 @@ import { catalogProblem, catalogVerdict, signCatalog, MAX_CATALOG_ITEMS, type Ca
 import { signSettings, peerBytes } from '../../src/status/records.js'
 import { MAX_RECORD_BYTES } from '../../src/status/records.js'
 import { u8 } from '../../src/util/bytes.js'
+import { settingsAfter } from '../../src/settings/service.js'
 
 const GROUP = 'ab'.repeat(16)
 
@@ -83,5 +85,16 @@ describe('catalogVerdict', () => {
     expect(catalogVerdict(view(3, 2), view(2, 2), roster(2, 'lead'), 'me')).toBe('keep')
     expect(catalogVerdict(view(2, 2), view(2, 1), roster(2, 'lead'), 'me')).toBe('stale')
     expect(catalogVerdict(view(1, 2), undefined, roster(2, 'lead'), 'me')).toBe('keep')
+  })
+})
+
+describe('settingsAfter', () => {
+  it('orders settings changes by version, then term, so every member keeps the same one', () => {
+    expect(settingsAfter({ version: 2, term: 1 }, { version: 1, term: 5 })).toBe(true)
+    expect(settingsAfter({ version: 1, term: 2 }, { version: 1, term: 1 })).toBe(true)
+    expect(settingsAfter({ version: 1, term: 1 }, { version: 1, term: 2 })).toBe(false)
+    expect(settingsAfter({ version: 1, term: 1 }, { version: 1, term: 1 })).toBe(false)
+    expect(settingsAfter({ version: 1, term: 9 }, { version: 2, term: 1 })).toBe(false)
+    expect(settingsAfter({ version: 1, term: 1 }, undefined)).toBe(true)
   })
 })
