@@ -3,10 +3,26 @@
  */
 import { request } from 'node:http'
 import { dataDirPaths } from '../agent/datadir.js'
-import { CliError } from './errors.js'
+import { CliError, EXIT_USAGE } from './errors.js'
+import { parseDuration } from '../util/duration.js'
 
-/** How long a plain API call may take before the CLI gives up and says so. */
+/**
+ * How long a plain API call may take, and how long an upload or download may go without a
+ * byte either way, before the CLI gives up and says so. `EDGELINK_API_TIMEOUT` (a duration)
+ * changes it.
+ */
 export const DEFAULT_API_TIMEOUT_MS = 30_000
+
+/** The timeout from `EDGELINK_API_TIMEOUT` (a duration, 1s to 1d), or undefined if unset. */
+export function envTimeoutMs (env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env.EDGELINK_API_TIMEOUT
+  if (raw == null || raw === '') return undefined
+  const ms = parseDuration(raw)
+  if (ms == null || ms < 1000 || ms > 86_400_000) {
+    throw new CliError(`EDGELINK_API_TIMEOUT must be a duration from 1s to 1d, such as 30s or 5m; got "${raw.slice(0, 40)}"`, EXIT_USAGE, 'BAD_ENV')
+  }
+  return ms
+}
 /** Largest API response the CLI reads; a larger one is not from our agent. */
 const MAX_RESPONSE = 32 * 1024 * 1024
 
@@ -18,12 +34,12 @@ export interface ApiClientOptions {
 export class ApiClient {
   readonly dataDir: string
   readonly socketPath: string
-  private readonly timeoutMs: number
+  readonly timeoutMs: number
 
   constructor (opts: ApiClientOptions) {
     this.dataDir = opts.dataDir
     this.socketPath = dataDirPaths(opts.dataDir).apiSocket
-    this.timeoutMs = opts.timeoutMs ?? DEFAULT_API_TIMEOUT_MS
+    this.timeoutMs = opts.timeoutMs ?? envTimeoutMs() ?? DEFAULT_API_TIMEOUT_MS
   }
 
   async get<T> (path: string): Promise<T> {

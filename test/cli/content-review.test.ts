@@ -11,6 +11,8 @@
  * - names with control or invisible format characters, or blank, are refused; `content
  *   ls` prints such characters escaped when a catalog carries them anyway
  * - `content add --wait` says which host it waits for when one is down
+ * - `content get` and `content add` end (exit 1, nothing written or added) when the agent
+ *   stops sending or taking bytes for EDGELINK_API_TIMEOUT; they used to wait for ever
  *
  * Races are made deterministic by stopping the leader (SIGSTOP) while the source file
  * changes: the upload has begun (the leader's blobs/tmp/ holds it) and cannot end (the
@@ -33,6 +35,7 @@ import {
   randomFile,
   type Source,
   assertBuilt,
+  cleanEnv,
   cleanup,
   cleanupKept,
   keep,
@@ -150,8 +153,8 @@ async function whileUploadHeld (a: AgentProcess, change: () => void): Promise<vo
 }
 
 /** Start `content add ARGS` on h1 and wait until its upload is in h1's tmp/. */
-async function uploadStarted (args: string[]): Promise<ReturnType<typeof spawnCli>> {
-  const s = spawnCli(['content', 'add', ...args, '--data-dir', h1.dataDir])
+async function uploadStarted (args: string[], env?: NodeJS.ProcessEnv): Promise<ReturnType<typeof spawnCli>> {
+  const s = spawnCli(['content', 'add', ...args, '--data-dir', h1.dataDir], { env })
   s.proc.stdin?.end()
   await waitFor(() => readdirSync(blobDir(h1, 'tmp')).length > 0 || s.proc.exitCode !== null,
     { timeout: 20_000, interval: 2, what: 'the upload to reach the leader\'s tmp/' })
@@ -334,6 +337,100 @@ describe('agent stop', () => {
     } finally {
       sock.destroy()
     }
+  })
+})
+
+// ---- a stalled agent ---------------------------------------------------------------
+
+describe('a stalled agent: content add and get give up after EDGELINK_API_TIMEOUT without a byte', () => {
+  const quick = cleanEnv({ EDGELINK_API_TIMEOUT: '1s' })
+
+  /** Stop h1 (SIGSTOP) once `ready()`, run `during`, then let it go on. */
+  async function whileStopped (ready: () => boolean, during: () => Promise<void>): Promise<void> {
+    await waitFor(ready, { timeout: 20_000, interval: 1, what: 'the transfer to begin' })
+    const pid = h1.proc.pid ?? 0
+    h1.proc.kill('SIGSTOP')
+    try {
+      await waitFor(() => procState(pid) === 'T', { timeout: 5_000, interval: 1, what: 'the agent to be stopped' })
+      await during()
+    } finally {
+      h1.proc.kill('SIGCONT')
+    }
+  }
+
+  it('content get from an agent stopped mid-send: exit 1 "sent nothing for 1s", no output, no .part; a retry once it runs again succeeds', async () => {
+    const big = randomFile(work, 'stall-get.bin', 128 * MiB)
+    okJson<CatalogItemView>(await el(h1, ['content', 'add', big.path, '--json'], 60_000))
+    const out = join(work, 'stall-get.out')
+    const s = spawnCli(['content', 'get', big.digest, '--out', out, '--data-dir', h1.dataDir], { env: quick })
+    s.proc.stdin?.end()
+    // The .part file appears once the answer has begun; 128 MiB cannot all be sent by then.
+    await whileStopped(() => partFiles(work).length > 0 || s.proc.exitCode !== null, async () => {
+      const line = failureLine(await withDeadline(s, 15_000, 'content get from a stopped agent'))
+      const m = /^edgelink: download failed: the agent sent nothing for 1s \((\d+) bytes received\); nothing was written to (.+)\. Check that it is running/.exec(line)
+      expect(m, line).not.toBeNull()
+      expect(Number(m?.[1])).toBeLessThan(big.size)
+      expect(m?.[2]).toBe(out)
+      expect(existsSync(out)).toBe(false)
+      expect(partFiles(work)).toEqual([])
+    })
+    const again = okJson<{ size: number }>(await el(h1, ['content', 'get', big.digest, '--out', out, '--json'], 60_000))
+    expect(again.size).toBe(big.size)
+    expect('sha256:' + createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(big.digest)
+    expect((await el(h1, ['content', 'rm', big.digest])).code).toBe(0)
+    rmSync(out)
+    rmSync(big.path)
+  })
+
+  it('content add to an agent stopped mid-upload: exit 1 "took no bytes", nothing added, and the agent drops the cut-off upload once it runs again', async () => {
+    const path = join(work, 'stall-add.bin')
+    writeFileSync(path, '')
+    truncateSync(path, GiB) // sparse: the CLI cannot have sent it all by the time the agent stops
+    const before = await digests(h1)
+    const s = await uploadStarted([path], quick)
+    await whileStopped(() => true, async () => {
+      const line = failureLine(await withDeadline(s, 15_000, 'content add to a stopped agent'))
+      expect(line).toMatch(/^edgelink: upload failed: the agent took no bytes and said nothing for 1s \(\d+ of 1073741824 bytes sent\); nothing was added\./)
+    })
+    await waitFor(() => readdirSync(blobDir(h1, 'tmp')).length === 0, { timeout: 10_000, what: 'the agent to delete the cut-off upload' })
+    expect(await digests(h1)).toEqual(before)
+    expect(h1.proc.exitCode).toBeNull()
+    rmSync(path)
+  })
+
+  it('content add whose every byte was sent waits longer for the answer (the agent may be flushing the file to disk)', async () => {
+    // An API that takes the whole body and answers 3 s later, as an agent whose fsync takes
+    // that long: with a 1 s timeout the CLI still waits for it and prints the item.
+    const dir = mkdtempSync(join(tmpdir(), 'el-crv-slow-'))
+    const src = randomFile(work, 'slow-answer.bin', 3 * MiB)
+    let received = 0
+    const server = createServer((req, res) => {
+      res.setHeader('content-type', 'application/json')
+      if (req.method === 'GET' && req.url === '/api/v1/status') { res.end(JSON.stringify({ role: 'leader', leader: null })); return }
+      req.on('data', (c: Buffer) => { received += c.length })
+      req.on('end', () => {
+        setTimeout(() => { res.end(JSON.stringify({ digest: src.digest, name: 'slow-answer.bin', kind: 'file', size: src.size })) }, 3_000)
+      })
+    })
+    await new Promise<void>(resolve => { server.listen(join(dir, 'api.sock'), resolve) })
+    try {
+      const res = await runCli(['content', 'add', src.path, '--json', '--data-dir', dir], { env: quick, timeoutMs: 15_000 })
+      expect(okJson<CatalogItemView>(res).digest).toBe(src.digest)
+      expect(received).toBe(src.size)
+    } finally {
+      server.closeAllConnections()
+      await new Promise(resolve => server.close(resolve))
+      rmSync(dir, { recursive: true, force: true })
+      rmSync(src.path)
+    }
+  })
+
+  it('an EDGELINK_API_TIMEOUT that is not a duration from 1s to 1d is a usage error naming it', async () => {
+    for (const bad of ['abc', '0', '-1s', '1e3', '2d', '999ms', ' ']) {
+      const res = await runCli(['status', '--data-dir', h1.dataDir], { env: cleanEnv({ EDGELINK_API_TIMEOUT: bad }) })
+      expect(failureLine(res, 2)).toBe(`edgelink: EDGELINK_API_TIMEOUT must be a duration from 1s to 1d, such as 30s or 5m; got "${bad}"`)
+    }
+    expect((await runCli(['status', '--data-dir', h1.dataDir], { env: cleanEnv({ EDGELINK_API_TIMEOUT: '2m' }) })).code).toBe(0)
   })
 })
 

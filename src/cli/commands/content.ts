@@ -6,9 +6,11 @@ import type { Command } from 'commander'
 import type { CatalogItemView } from '../../content/catalog.js'
 import type { ContentItemView } from '../../content/service.js'
 import { clientFor, withCommon, type CommonOptions } from '../common.js'
+import type { ApiClient } from '../client.js'
 import { CliError, EXIT_USAGE } from '../errors.js'
 import { formatTable, printJson } from '../output.js'
 import { printable } from '../../util/printable.js'
+import { formatDuration } from '../../util/duration.js'
 import { CONTENT_KINDS, contentNameProblem } from '../../content/names.js'
 
 const KINDS: readonly string[] = CONTENT_KINDS
@@ -43,7 +45,7 @@ export function registerContent (program: Command): void {
       // the body closes the connection, and the client can lose its answer to EPIPE.
       const st = await client.get<{ role: string | null, leader: string | null }>('/api/v1/status')
       if (st.role === 'follower') throw new CliError(`only the leader (${st.leader ?? '?'}) can upload content; run this on the leader`)
-      const item = await upload(client.socketPath, client.dataDir, file, size, name, opts.kind, opts.json !== true)
+      const item = await upload(client, file, size, name, opts.kind, opts.json !== true)
       const after = statSync(file, { throwIfNoEntry: false })
       if (after == null || after.size !== before?.size || after.mtimeMs !== before.mtimeMs) {
         process.stderr.write(`warning: ${file} changed while it was being uploaded; the group holds the ${size} bytes that were read (${item.digest}). If the file was still being written, remove that item and upload the file again\n`)
@@ -78,7 +80,7 @@ export function registerContent (program: Command): void {
     .requiredOption('--out <file>', 'where to write it')
     .action(async (digest: string, opts: CommonOptions & { out: string }) => {
       const client = clientFor(opts)
-      const bytes = await download(client.socketPath, client.dataDir, digest, opts.out)
+      const bytes = await download(client, digest, opts.out)
       if (opts.json === true) { printJson({ digest, out: opts.out, size: bytes }); return }
       process.stdout.write(`Wrote ${human(bytes)} to ${opts.out}\n`)
     })
@@ -102,8 +104,12 @@ function notRunning (dataDir: string): CliError {
   return new CliError(`no edgelink agent is running for data dir ${dataDir}; start one with \`edgelink agent --data-dir ${dataDir}\``, 1, 'AGENT_NOT_RUNNING')
 }
 
+/** How long `content add` waits for the agent's answer once the whole file is sent (at least). */
+const ANSWER_AFTER_UPLOAD_MS = 10 * 60_000
+
 /** Stream the file to the agent; a progress bar with rate and ETA on a terminal. */
-async function upload (socketPath: string, dataDir: string, file: string, size: number, name: string, kind: string, interactive: boolean): Promise<CatalogItemView> {
+async function upload (client: ApiClient, file: string, size: number, name: string, kind: string, interactive: boolean): Promise<CatalogItemView> {
+  const { socketPath, dataDir } = client
   const { SingleBar, Presets } = (await import('cli-progress')).default
   const bar = interactive && process.stderr.isTTY === true
     ? new SingleBar({ format: 'upload [{bar}] {percentage}% | {value}/{total} MiB | {rate} MiB/s | ETA {eta_formatted}', stream: process.stderr, hideCursor: true }, Presets.shades_classic)
@@ -133,6 +139,24 @@ async function upload (socketPath: string, dataDir: string, file: string, size: 
           return
         }
         resolve(body as CatalogItemView)
+      })
+    })
+    // No byte taken for this long: the agent is stopped, hung or overloaded. Once the whole
+    // file is sent the agent still flushes it to disk (one fsync, as long as the disk needs
+    // for what the page cache holds), so the wait for its answer is longer and says so.
+    const stalled = (): void => {
+      bar?.stop()
+      reject(new CliError(`upload failed: the agent took no bytes and said nothing for ${formatDuration(client.timeoutMs)} (${sent} of ${size} bytes sent); nothing was added. Check that it is running (not stopped or overloaded) and its log; EDGELINK_API_TIMEOUT sets how long to wait`))
+      input.unpipe(req)
+      input.destroy()
+      req.destroy()
+    }
+    req.setTimeout(client.timeoutMs, stalled)
+    req.on('finish', () => {
+      const wait = Math.max(client.timeoutMs, ANSWER_AFTER_UPLOAD_MS)
+      req.setTimeout(wait, () => {
+        reject(new CliError(`the agent took all ${size} bytes but did not answer within ${formatDuration(wait)}; it may still be writing the file to disk. See \`edgelink content ls\` in a while, and the agent's log; EDGELINK_API_TIMEOUT sets how long to wait`))
+        req.destroy()
       })
     })
     req.on('error', (err: NodeJS.ErrnoException) => {
@@ -204,7 +228,7 @@ async function waitAll (client: ReturnType<typeof clientFor>, digest: string, in
  * or link followed), checked against the digest and the announced size, flushed to disk,
  * then renamed to `out`. On any failure, or Ctrl-C, the temporary file is removed.
  */
-async function download (socketPath: string, dataDir: string, digest: string, out: string): Promise<number> {
+async function download (client: ApiClient, digest: string, out: string): Promise<number> {
   const existing = statSync(out, { throwIfNoEntry: false })
   if (existing?.isDirectory() === true) throw new CliError(`${out} is a directory; give the file to write, e.g. --out ${join(out, 'FILE')}`, EXIT_USAGE)
   if (out.endsWith('/')) throw new CliError(`${out} names a directory; give the file to write`, EXIT_USAGE)
@@ -214,7 +238,7 @@ async function download (socketPath: string, dataDir: string, digest: string, ou
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   try {
-    return await fetchBlob(socketPath, dataDir, digest, out, tmp)
+    return await fetchBlob(client, digest, out, tmp)
   } catch (err) {
     cleanup()
     throw err
@@ -224,8 +248,10 @@ async function download (socketPath: string, dataDir: string, digest: string, ou
   }
 }
 
-async function fetchBlob (socketPath: string, dataDir: string, digest: string, out: string, tmp: string): Promise<number> {
+async function fetchBlob (client: ApiClient, digest: string, out: string, tmp: string): Promise<number> {
+  const { socketPath, dataDir } = client
   return await new Promise<number>((resolve, reject) => {
+    let n = 0
     const req = request({ socketPath, method: 'GET', path: `/api/v1/content/${encodeURIComponent(digest)}/blob` }, res => {
       if ((res.statusCode ?? 500) >= 400) {
         const chunks: Buffer[] = []
@@ -240,7 +266,6 @@ async function fetchBlob (socketPath: string, dataDir: string, digest: string, o
       const expected = Number(res.headers['content-length'])
       const file = createWriteStream(tmp, { mode: 0o644, flags: 'wx', flush: true })
       const hash = createHash('sha256')
-      let n = 0
       res.on('data', (c: Buffer) => { n += c.length; hash.update(c) })
       res.pipe(file)
       // 'close', not 'finish': with `flush` the data is on disk once the file is closed.
@@ -261,6 +286,12 @@ async function fetchBlob (socketPath: string, dataDir: string, digest: string, o
       file.on('error', (err: NodeJS.ErrnoException) => { res.destroy(); reject(new CliError(`cannot write ${out}: ${err.code ?? err.message}`)) })
       res.on('error', (err) => { file.destroy(); reject(new CliError(`download failed: ${err.message}`)) })
       res.on('aborted', () => { file.destroy(); reject(new CliError(`download failed: the agent stopped sending after ${n} bytes; nothing was written to ${out}`)) })
+    })
+    // No byte for this long, before the answer or in the middle of it: the agent is stopped,
+    // hung or overloaded. Without this a stalled agent kept `content get` waiting for ever.
+    req.setTimeout(client.timeoutMs, () => {
+      reject(new CliError(`download failed: the agent sent nothing for ${formatDuration(client.timeoutMs)} (${n} bytes received); nothing was written to ${out}. Check that it is running (not stopped or overloaded) and its log; EDGELINK_API_TIMEOUT sets how long to wait`))
+      req.destroy()
     })
     req.on('error', (err: NodeJS.ErrnoException) => {
       reject(err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? notRunning(dataDir) : new CliError(`download failed: ${err.code ?? err.message}`))
