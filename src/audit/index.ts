@@ -16,7 +16,7 @@ import type { Logger } from '../agent/logger.js'
 import { errorMessage } from '../errors.js'
 
 export type AuditEvent =
-  | 'group.created' | 'group.dissolved'
+  | 'group.created' | 'group.dissolved' | 'group.rekeyed'
   | 'token.issued' | 'token.revoked' | 'token.used'
   | 'join.accepted' | 'join.refused' | 'join.completed'
   | 'unlink' | 'unlinked'

@@ -136,6 +136,7 @@ export class Leader implements JoinLeaderLogic {
             // An operator may have revoked the token while the offer was out: then no join.
             if (!await this.c.tokens.stillReserved(tokenId, peer)) {
               this.c.audit.record('join.refused', { peer, reason: 'token revoked while the join was offered', tokenId })
+              await this.rekeyAfterOffer(peer, 'its token was revoked while the join was offered')
               return { status: JoinStatus.REVOKED, message: 'the token was revoked while this join was in progress; ask the leader for a new token' }
             }
             await this.commit(r, signed, m.key, new Set([this.c.self, peer]))
@@ -153,6 +154,7 @@ export class Leader implements JoinLeaderLogic {
           try {
             await this.c.tokens.restore(tokenId)
             this.c.audit.record('join.refused', { peer, reason, tokenId })
+            await this.rekeyAfterOffer(peer, reason)
           } finally {
             finish()
           }
@@ -163,6 +165,26 @@ export class Leader implements JoinLeaderLogic {
       return { status: JoinStatus.INTERNAL, message: 'the leader could not process the request; see its log' }
     } finally {
       if (!handedOff) release()
+    }
+  }
+
+  /**
+   * The offer carried the group key (the joiner stores it with the roster before it
+   * acknowledges); a host that saw it and was not admitted must not read what follows. So
+   * the members get a new key, in a roster change like an unlink's, but with the same
+   * members. Best effort: without a quorum the key stays, and the log says so. The caller
+   * holds `changeLock`.
+   */
+  private async rekeyAfterOffer (peer: string, reason: string): Promise<void> {
+    try {
+      const m = this.c.membership()
+      if (m == null || m.record.roster.leader !== this.c.self || isMember(m.record.roster, peer)) return
+      const r = m.record.roster
+      const next: Roster = { ...r, version: r.version + 1, updatedAt: Date.now(), keyId: m.key.id + 1 }
+      await this.commit(r, await signRoster(next, this.c.privateKey), { id: m.key.id + 1, key: randomBytes(GROUP_KEY_BYTES) }, new Set([this.c.self]))
+      this.c.audit.record('group.rekeyed', { groupId: r.groupId, keyId: next.keyId, peer, reason: `it saw the key in a join offer and was not admitted: ${reason}` })
+    } catch (err) {
+      this.c.log.warn({ peer, err: errorMessage(err) }, 'a refused joiner saw the group key, and a new key could not be committed; it stays until the next unlink')
     }
   }
 

@@ -204,10 +204,13 @@ describe('security review: revoking a token while its join is offered', () => {
   const set = new AgentSet()
   afterEach(async () => { await set.stopAll() })
 
-  it('the joiner declines the offer after the revoke: the token stays revoked and a second host cannot link with it', async () => {
+  it('the joiner declines the offer after the revoke: the token stays revoked, a second host cannot link with it, and the members get a key the joiner never saw', async () => {
     const L = await set.start({ name: 'lead', config: FAST })
+    const F = await set.start({ name: 'f', config: FAST })
     const X = await set.start({ name: 'x', config: FAST })
     const Y = await set.start({ name: 'y', config: FAST })
+    await linkTo(L, F)
+    const keyId = L.group.membership?.key.id ?? 0
     const tok = await L.group.createToken()
     const t = decodeToken(tok.token)
     const stream = await X.node.dialProtocol(L.node.getMultiaddrs(), JOIN_PROTOCOL)
@@ -215,6 +218,8 @@ describe('security review: revoking a token while its join is offered', () => {
     await pb.write({ groupId: u8(t.groupId), tokenId: u8(t.tokenId), secret: u8(t.secret), hostname: 'x', agentVersion: '0', addrs: [] }, JoinRequest)
     const offer = await pb.read(JoinResponse)
     expect(offer.status).toBe(JoinStatus.OK)
+    const seen = GroupKey.decode(offer.groupKey)
+    expect(Buffer.from(seen.key).toString('hex'), 'the offer carries the group key').toBe(keyHex(L))
     expect((await L.group.listTokens()).find(v => v.id === tok.id)?.state).toBe('used')
     // The operator revokes the token while the offer is out.
     const revoked = await L.group.revokeToken(tok.id)
@@ -226,8 +231,14 @@ describe('security review: revoking a token while its join is offered', () => {
     await stream.close().catch(() => {})
     expect((await L.group.listTokens()).find(v => v.id === tok.id)).toMatchObject({ state: 'revoked' })
     await expectCode(Y.group.link(tok.token), 'TOKEN_REVOKED')
-    expect(L.group.hosts().map(h => h.hostname)).toEqual(['lead'])
+    expect(L.group.hosts().map(h => h.hostname).sort()).toEqual(['f', 'lead'])
     expect(Y.group.membership).toBeUndefined()
+    // Before the fix the members kept the key X had seen.
+    await waitFor(() => F.group.membership?.key.id === keyId + 1, { timeout: 10_000, what: 'the follower to get the new key' })
+    expect(L.group.membership?.key.id).toBe(keyId + 1)
+    expect(keyHex(F)).toBe(keyHex(L))
+    expect(keyHex(L)).not.toBe(Buffer.from(seen.key).toString('hex'))
+    expect(L.group.hosts().map(h => h.hostname).sort()).toEqual(['f', 'lead'])
   })
 
   it('the joiner accepts the offer after the revoke: the join is not committed and the joiner is not a member', async () => {
@@ -248,7 +259,9 @@ describe('security review: revoking a token while its join is offered', () => {
     expect(revokedState, 'the offer was made and the token revoked while it was out').toBe('revoked')
     expect(X.group.membership).toBeUndefined()
     expect(L.group.hosts().map(h => h.hostname)).toEqual(['lead'])
-    expect(L.group.roster?.version).toBe(version)
+    // Not the join; a new key (X stored the offer's), same members.
+    expect(L.group.roster?.version).toBe((version ?? 0) + 1)
+    expect(L.group.membership?.key.id).toBe(2)
     expect((await L.group.listTokens()).find(v => v.id === tok.id)).toMatchObject({ state: 'revoked' })
     // The leader is not left stuck: a new token admits X.
     await linkTo(L, X)
