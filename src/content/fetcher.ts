@@ -18,6 +18,7 @@ import { ChunkMismatchError, type PartialBlob } from './blobs.js'
 import type { CatalogItemView } from './catalog.js'
 import { chunkLength, decodeManifest, manifestDigest, type ManifestView } from './manifest.js'
 import { SEED_HOLD_MS, SyncRefusedError, SyncSession, SyncStatus } from './sync-protocol.js'
+import { monotonicMs } from '../util/clock.js'
 
 /** Ties for the rarest chunk are broken at random among the first this many. */
 const TIE_WINDOW = 16
@@ -83,7 +84,7 @@ export class ItemFetch {
   /** A local failure (see stop()) that ends the fetch. */
   private failure: { err: unknown } | undefined
   private unflushed = 0
-  private lastFlush = Date.now()
+  private lastFlush = monotonicMs()
   private readonly signal: AbortSignal
 
   constructor (d: FetchDeps, o: FetchOptions, partial: PartialBlob, signal: AbortSignal) {
@@ -119,7 +120,7 @@ export class ItemFetch {
   private async refreshHave (): Promise<void> {
     const digest = this.partial.digest
     await Promise.all(this.d.peers().map(async peer => {
-      if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) return
+      if ((this.bannedUntil.get(peer) ?? 0) > monotonicMs()) return
       let session: SyncSession | undefined
       try {
         session = await SyncSession.open(this.d.node, peerIdFromString(peer), this.o.chunkTimeoutMs, this.signal)
@@ -142,7 +143,7 @@ export class ItemFetch {
     const counts = new Uint16Array(n)
     const partial = new Uint16Array(n)
     this.seeds.clear()
-    const now = Date.now()
+    const now = monotonicMs()
     for (const [peer, bits] of this.have) {
       const seed = countSet(bits, n) === n
       if (seed) this.seeds.add(peer)
@@ -181,7 +182,7 @@ export class ItemFetch {
   private spawnWorkers (): void {
     let running = [...this.workers.values()].reduce((a, b) => a + b, 0)
     for (const peer of shuffle([...this.have.keys()])) {
-      if ((this.bannedUntil.get(peer) ?? 0) > Date.now()) continue
+      if ((this.bannedUntil.get(peer) ?? 0) > monotonicMs()) continue
       while ((this.workers.get(peer) ?? 0) < this.perPeerNow(peer) && running < this.o.total && this.available(peer) != null) {
         this.workers.set(peer, (this.workers.get(peer) ?? 0) + 1)
         running++
@@ -208,7 +209,7 @@ export class ItemFetch {
     // holder has nothing left that only it can give anyone; its link would idle while the
     // syncing members serve each other the last chunks, so it is asked as well.
     const seed = this.seeds.has(peer)
-    const now = Date.now()
+    const now = monotonicMs()
     const spareSeed = seed && !this.endGame
     let best = Infinity
     let ties: number[] = []
@@ -233,7 +234,7 @@ export class ItemFetch {
     } catch (err) {
       this.d.log.debug({ peer, err: errorMessage(err) }, 'cannot open a sync stream')
       this.have.delete(peer)
-      this.failedUntil.set(peer, Date.now() + this.o.chunkTimeoutMs)
+      this.failedUntil.set(peer, monotonicMs() + this.o.chunkTimeoutMs)
       this.countHolders()
       return
     }
@@ -265,7 +266,7 @@ export class ItemFetch {
           if (err instanceof SyncRefusedError && err.status === SyncStatus.SYNC_BUSY) {
             // A whole-file holder sent it to another member just now: take it from there, and
             // ask no whole-file holder for it while that holder would refuse anyway.
-            this.busyUntil.set(index, Date.now() + SEED_HOLD_MS)
+            this.busyUntil.set(index, monotonicMs() + SEED_HOLD_MS)
             continue
           }
           if (err instanceof ChunkMismatchError) {
@@ -274,7 +275,7 @@ export class ItemFetch {
             this.d.fault(peer)
             this.d.log.warn({ peer, index, faults: n }, 'member sent a chunk that does not match the manifest; fetching it elsewhere')
             if (n >= this.o.maxFaults) {
-              this.bannedUntil.set(peer, Date.now() + this.o.banMs)
+              this.bannedUntil.set(peer, monotonicMs() + this.o.banMs)
               this.have.delete(peer)
               return
             }
@@ -285,7 +286,7 @@ export class ItemFetch {
           // Forget what it holds until the next refresh: a stalled or vanished member gets no more work now,
           // and for a while is no reason to pass over a whole-file holder.
           this.have.delete(peer)
-          this.failedUntil.set(peer, Date.now() + this.o.chunkTimeoutMs)
+          this.failedUntil.set(peer, monotonicMs() + this.o.chunkTimeoutMs)
           this.countHolders()
           return
         } finally {
@@ -306,9 +307,9 @@ export class ItemFetch {
   /** Durable every 16 chunks or second: a crash re-fetches at most that much. */
   private async maybeFlush (): Promise<void> {
     this.unflushed++
-    if (this.unflushed >= 16 || Date.now() - this.lastFlush >= 1000) {
+    if (this.unflushed >= 16 || monotonicMs() - this.lastFlush >= 1000) {
       this.unflushed = 0
-      this.lastFlush = Date.now()
+      this.lastFlush = monotonicMs()
       await this.partial.flush()
     }
   }

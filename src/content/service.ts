@@ -26,6 +26,7 @@ import { fetchManifest, ItemFetch, type FetchOptions } from './fetcher.js'
 import { missingBytes } from './bitmap.js'
 import { sameBytes } from '../util/bytes.js'
 import { contentNameProblem } from './names.js'
+import { monotonicMs } from '../util/clock.js'
 
 /** Files of fewer chunks are sent to every member that asks (see claim()). */
 const SUPERSEED_MIN_CHUNKS = 16
@@ -460,7 +461,7 @@ export class ContentService implements ContentHooks, SyncServer {
         fault: (peer) => { this.traffic.faults.set(peer, (this.traffic.faults.get(peer) ?? 0) + 1) },
         progress: () => {
           // Progress in status at most twice a second: others see "syncing N%" without a message per chunk.
-          if (Date.now() - lastPublish > 500) { lastPublish = Date.now(); void this.c.status.publish(true) }
+          if (monotonicMs() - lastPublish > 500) { lastPublish = monotonicMs(); void this.c.status.publish(true) }
         }
       }, this.fetchOptions, partial, signal)
       this.fetches.set(item.digest, fetch)

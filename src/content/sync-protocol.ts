@@ -14,6 +14,7 @@ import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import { SyncRequest, SyncRequestType, SyncResponse, SyncStatus } from '../wire/sync.js'
 import { u8 } from '../util/bytes.js'
+import { monotonicMs } from '../util/clock.js'
 
 export const SYNC_PROTOCOL = '/edgelink/sync/1.0.0'
 /** A request is a digest and an index: tiny. */
@@ -171,7 +172,7 @@ export class ChunkClaims {
 
   claim (digest: string, index: number, peer: string): boolean {
     const key = `${digest}#${index}`
-    const now = Date.now()
+    const now = monotonicMs()
     const c = this.claims.get(key)
     if (c != null && c.peer !== peer && (c.active > 0 || c.until > now)) return false
     if (c != null && c.peer === peer) c.active++
@@ -184,7 +185,7 @@ export class ChunkClaims {
     const c = this.claims.get(`${digest}#${index}`)
     if (c == null || c.peer !== peer) return
     c.active = Math.max(0, c.active - 1)
-    c.until = Date.now() + this.holdMs
+    c.until = monotonicMs() + this.holdMs
   }
 
   private prune (now: number): void {

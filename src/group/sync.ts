@@ -19,6 +19,7 @@ import type { GroupKeyMaterial, Membership } from './state.js'
 import { decodeKey } from './key.js'
 import type { AdoptOutcome } from './service.js'
 import { JitteredInterval } from '../util/timers.js'
+import { monotonicMs } from '../util/clock.js'
 
 /** What membership sync uses of the group service. */
 export interface SyncComponents {
@@ -179,7 +180,7 @@ export class MembershipSync {
   private pullSoon (peer: string): void {
     if (this.pulling.has(peer)) return
     this.pulling.add(peer)
-    this.pulledAt.set(peer, Date.now())
+    this.pulledAt.set(peer, monotonicMs())
     this.pullFrom(peer).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'roster pull failed')
     }).finally(() => { this.pulling.delete(peer) })
@@ -235,7 +236,7 @@ export class MembershipSync {
 export const CONNECT_PULL_GAP_MS = 1000
 
 /** True if a pull from `peer` started within CONNECT_PULL_GAP_MS (and prunes old entries). */
-export function pulledRecently (pulledAt: Map<string, number>, peer: string, now = Date.now()): boolean {
+export function pulledRecently (pulledAt: Map<string, number>, peer: string, now = monotonicMs()): boolean {
   if (pulledAt.size > 1024) for (const [p, t] of pulledAt) if (now - t > CONNECT_PULL_GAP_MS) pulledAt.delete(p)
   const t = pulledAt.get(peer)
   return t != null && now - t < CONNECT_PULL_GAP_MS

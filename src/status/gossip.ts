@@ -13,6 +13,7 @@ import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import type { GroupMessage } from '../wire/group.js'
 import { openMessage, sealMessage, type GroupKeyRef } from './envelope.js'
+import { monotonicMs } from '../util/clock.js'
 
 export function topicFor (groupId: string): string {
   return `/edgelink/group/${groupId}/1`
@@ -173,7 +174,7 @@ export class GroupGossip {
 
   /** Token bucket per origin. */
   private takeToken (from: string): boolean {
-    const now = Date.now()
+    const now = monotonicMs()
     const b = this.buckets.get(from) ?? { tokens: this.limits.rateBurst, at: now }
     b.tokens = Math.min(this.limits.rateBurst, b.tokens + (now - b.at) / 1000 * this.limits.ratePerSecond)
     b.at = now

@@ -23,6 +23,7 @@ import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '../agent/logger.js'
 import { errorMessage } from '../errors.js'
 import type { EdgelinkNode } from '../net/node.js'
+import { monotonicMs } from '../util/clock.js'
 
 export const ALIVE_PROTOCOL = '/edgelink/alive/1.0.0'
 /** The only valid byte on the stream. */
@@ -100,7 +101,7 @@ export class Heartbeats {
   follow (): Array<[string, Stream]> {
     if (!this.running) return []
     const members = new Set(this.c.members())
-    const now = Date.now()
+    const now = monotonicMs()
     for (const [peer, o] of this.out) {
       if (!members.has(peer)) {
         this.out.delete(peer)
@@ -155,12 +156,12 @@ export class Heartbeats {
           stream.abort(new Error('not needed'))
           return
         }
-        const o: Outbound = { stream, connection: conn, lastEcho: Date.now() }
+        const o: Outbound = { stream, connection: conn, lastEcho: monotonicMs() }
         this.out.set(peer, o)
         stream.addEventListener('close', () => { if (this.out.get(peer) === o) this.out.delete(peer) })
         // Echoes: a round trip, so the member is heard too.
         stream.addEventListener('message', () => {
-          o.lastEcho = Date.now()
+          o.lastEcho = monotonicMs()
           if (this.c.isMember(peer)) this.c.heard(peer)
         })
         this.beat(peer, stream)

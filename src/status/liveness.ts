@@ -8,6 +8,8 @@
  * a live host could plausibly produce. A member that is heard from again is `alive`
  * at once, without operator action.
  */
+import { monotonicMs } from '../util/clock.js'
+
 export type LivenessState = 'alive' | 'suspect' | 'down'
 
 export interface LivenessThresholds {
@@ -26,6 +28,7 @@ export interface LivenessChange {
 
 export interface LivenessView {
   state: LivenessState
+  /** On the table's clock (`monotonicMs` unless one was given); `wallTimeOf` for display. */
   lastHeard: number
 }
 
@@ -34,7 +37,7 @@ export class LivenessTable {
   private readonly now: () => number
   private readonly entries = new Map<string, { lastHeard: number, state: LivenessState }>()
 
-  constructor (t: LivenessThresholds, now: () => number = Date.now) {
+  constructor (t: LivenessThresholds, now: () => number = monotonicMs) {
     if (!(t.suspectAfterMs > 0 && t.downAfterMs > t.suspectAfterMs)) throw new RangeError('liveness thresholds need 0 < suspectAfter < downAfter')
     this.t = t
     this.now = now

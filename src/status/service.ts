@@ -25,6 +25,7 @@ import { EventHub } from './events.js'
 import { pulledRecently } from '../group/sync.js'
 import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
 import { JitteredInterval, jittered } from '../util/timers.js'
+import { monotonicMs, wallTimeOf } from '../util/clock.js'
 
 export const GROUP_PROTOCOL = '/edgelink/group/1.0.0'
 /** A pull answer holds one status per member and one settings record per member. */
@@ -206,7 +207,7 @@ export class StatusService {
     const l = this.liveness.get(peer)
     return {
       liveness: l?.state ?? 'down',
-      lastHeard: l != null ? new Date(l.lastHeard).toISOString() : null,
+      lastHeard: l != null ? new Date(wallTimeOf(l.lastHeard)).toISOString() : null,
       health: this.statuses.get(peer)?.view.health ?? null
     }
   }
@@ -223,10 +224,10 @@ export class StatusService {
       const facts = collectSystem(this.c.dataDir)
       const health = healthOf(facts)
       const fp = JSON.stringify([this.c.group.statusFields(), this.ownAddresses(), health, this.c.config.labels, this.settings?.state(), Math.round(facts.diskFree / 2 ** 30)])
-      const due = Date.now() >= this.periodicDue
+      const due = monotonicMs() >= this.periodicDue
       if (!force && fp === this.lastFingerprint && !due) return
       this.lastFingerprint = fp
-      this.periodicDue = Date.now() + jittered(this.c.config.status.interval)
+      this.periodicDue = monotonicMs() + jittered(this.c.config.status.interval)
       const signed = await signStatus(this.buildWire(facts, health), this.c.privateKey)
       this.statuses.set(this.self, signed)
       if (this.c.group.membership != null) {
@@ -342,7 +343,20 @@ export class StatusService {
       return false
     }
     const origin = s.view.peerId
-    if (origin === this.self || !this.c.group.isMemberPeer(origin)) return false
+    if (origin === this.self) {
+      // Our own record, from before a restart, numbered above what we would number now:
+      // the clock was set back (or ran ahead before). Members refuse a lower number as a
+      // replay, so until the clock caught up, which can be years, our status would stay
+      // frozen everywhere. Number on from it, and publish at once.
+      const seq = BigInt(s.view.seq)
+      if (seq > this.lastSeq) {
+        this.lastSeq = seq
+        this.c.log.warn({ seq: seq.toString(), via }, 'a member holds a newer status of this host than this host numbers (was the clock set back?); numbering on from it')
+        if (this.running) this.publish(true).catch(err => { this.c.log.debug({ err: errorMessage(err) }, 'status publish failed') })
+      }
+      return false
+    }
+    if (!this.c.group.isMemberPeer(origin)) return false
     const held = this.statuses.get(origin)
     if (held != null && BigInt(held.view.seq) >= BigInt(s.view.seq)) return false
     this.statuses.set(origin, s)
@@ -389,7 +403,7 @@ export class StatusService {
   private pullSoon (peer: string): void {
     if (this.pulling.has(peer) || peer === this.self) return
     this.pulling.add(peer)
-    this.pulledAt.set(peer, Date.now())
+    this.pulledAt.set(peer, monotonicMs())
     this.pullFrom(peer).catch(err => {
       this.c.log.debug({ peer, err: errorMessage(err) }, 'status pull failed')
     }).finally(() => { this.pulling.delete(peer) })
@@ -443,7 +457,7 @@ export class StatusService {
    */
   heardRecently (peer: string): boolean {
     const l = this.liveness.get(peer)
-    if (l == null || l.state !== 'alive' || Date.now() - l.lastHeard > this.c.config.status.probeInterval * 1.5) return false
+    if (l == null || l.state !== 'alive' || monotonicMs() - l.lastHeard > this.c.config.status.probeInterval * 1.5) return false
     return this.c.node.getConnections(peerIdFromString(peer)).some(c => c.status === 'open')
   }
 

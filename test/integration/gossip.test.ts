@@ -66,6 +66,20 @@ describe('group gossip: status, liveness, key rotation', () => {
     expect(leader.hostState.counters.accepted).toBeGreaterThan(0)
   })
 
+  it('a host whose clock was set back numbers its status on from the newest one a member holds: members do not take its statuses for replays', async () => {
+    // f1's record from "before a restart", numbered an hour ahead of f1's clock now.
+    const ahead = (BigInt(Date.now()) + 3_600_000n) * 1000n
+    const key = (await loadOrCreateIdentity(f1.paths.identityKey)).privateKey
+    const old = await signStatus({ ...statusWire(f1.peerId), seq: ahead, hostname: 'f1', labels: mapToLabels({ from: 'before' }) }, key)
+    const accept = (leader.hostState as unknown as { acceptStatus: (b: Uint8Array, via: string, how: string) => Promise<boolean> }).acceptStatus.bind(leader.hostState)
+    expect(await accept(old.bytes, 'test', 'pull')).toBe(true)
+    expect(labelsOf(leader, f1)).toEqual({ from: 'before' })
+    // Before the fix f1 numbered from its clock, an hour below, and every member refused it.
+    await relabel(f1, { rack: 'r9' })
+    await until(() => labelsOf(leader, f1)?.rack === 'r9' && labelsOf(f2, f1)?.rack === 'r9', 8000)
+    expect(BigInt(leader.hostState.statusOf('f1').seq)).toBeGreaterThan(ahead)
+  })
+
   it('a stopped host becomes suspect then down everywhere, and alive again when it returns', async () => {
     const seen = { lead: new Set<LivenessState>(), f2: new Set<LivenessState>() }
     const watch = setInterval(() => {
