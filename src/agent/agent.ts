@@ -173,6 +173,7 @@ export class Agent {
       await api.start()
       undo.push(async () => { await api.stop() })
       await repl.start()
+      undo.push(async () => { await repl.stop() })
       if (this.config.ui != null) {
         // Accepted so that configs written for it do not fail; nothing listens yet.
         this.log.warn({ ui: this.config.ui }, 'the Local UI is not part of this version yet: nothing listens on the ui address; use the CLI')

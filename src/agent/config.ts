@@ -10,8 +10,9 @@ import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { safeParse } from '../util/parse.js'
 import { multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { ConfigError, errorMessage } from '../errors.js'
-import { parseDuration } from '../util/duration.js'
+import { formatDuration, parseDuration } from '../util/duration.js'
 
 /** TCP port the agent listens on by default: fixed, so restarted hosts find each other at stored addresses. */
 export const DEFAULT_PORT = 4100
@@ -25,11 +26,22 @@ export const DEFAULT_TOKEN_TTL_MS = 2 * 60 * 1000
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
-const duration = (what: string): z.ZodType<number> => z.union([z.number(), z.string()], { error: `expected ${what} as a duration such as 500ms, 10s or 2m` })
+/** Longest duration: a timer cannot wait longer than 2^31-1 ms (node fires it at once instead); a day is plenty. */
+const MAX_DURATION_MS = 86_400_000
+
+/**
+ * A duration from `min` to `max` ms. A bare number is milliseconds; 0 or a day and more
+ * were accepted once and made timers fire every millisecond.
+ */
+const duration = (what: string, min = 10, max = MAX_DURATION_MS): z.ZodType<number> => z.union([z.number(), z.string()], { error: `expected ${what} as a duration such as 500ms, 10s or 2m` })
   .transform((v, ctx) => {
     const ms = typeof v === 'number' ? v : parseDuration(v)
     if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
       ctx.addIssue({ code: 'custom', message: `expected ${what} as a duration such as 500ms, 10s or 2m` })
+      return z.NEVER
+    }
+    if (ms < min || ms > max) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what} from ${formatDuration(min)} to ${formatDuration(max)}, got ${formatDuration(ms)} (a bare number is milliseconds)` })
       return z.NEVER
     }
     return ms
@@ -40,6 +52,23 @@ const multiaddrString = z.string().superRefine((v, ctx) => {
     multiaddr(v)
   } catch {
     ctx.addIssue({ code: 'custom', message: 'expected a multiaddr such as /ip4/0.0.0.0/tcp/4100' })
+  }
+})
+
+/** A peer to dial: a multiaddr whose `/p2p/` part, if any, is a valid PeerId. */
+const peerAddress = z.string().superRefine((v, ctx) => {
+  let id: string | undefined
+  try {
+    id = multiaddr(v).getComponents().find(c => c.name === 'p2p')?.value
+  } catch {
+    ctx.addIssue({ code: 'custom', message: 'expected a multiaddr such as /ip4/10.0.0.2/tcp/4100/p2p/12D3KooW…' })
+    return
+  }
+  if (id == null) return
+  try {
+    peerIdFromString(id)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `its /p2p/ part is not a valid PeerId (${id.slice(0, 60)}); copy it whole from \`edgelink status\` on that host` })
   }
 })
 
@@ -55,7 +84,7 @@ export const configSchema = z.object({
   /** Multiaddrs to announce instead of the listen addresses (NAT, port forwards). */
   announce: z.array(multiaddrString),
   /** Multiaddrs of peers to dial at start (used where mDNS is off). */
-  peers: z.array(multiaddrString),
+  peers: z.array(peerAddress),
   mdns: z.object({
     enabled: z.boolean(),
     serviceTag: z.string().min(1),
@@ -68,9 +97,9 @@ export const configSchema = z.object({
   labels: z.record(z.string().regex(/^[\w.-]{1,63}$/, 'expected a label key of letters, digits, dot, dash or underscore'), z.string().max(256)),
   group: z.object({
     /** Lifetime of a join token when `token create` gives no --ttl (Palette uses 2 minutes). */
-    tokenTtl: duration('group.tokenTtl'),
+    tokenTtl: duration('group.tokenTtl', 1000),
     /** Longest lifetime an operator may ask for: a token is a bearer credential. */
-    maxTokenTtl: duration('group.maxTokenTtl'),
+    maxTokenTtl: duration('group.maxTokenTtl', 1000),
     /** Whole join exchange, dial excluded. */
     joinTimeout: duration('group.joinTimeout'),
     /** Dialling a host before it counts as unreachable. */
@@ -81,7 +110,9 @@ export const configSchema = z.object({
     reconnectInterval: duration('group.reconnectInterval'),
     /** How often the newest roster is pulled from a member (anti-entropy). */
     antiEntropyInterval: duration('group.antiEntropyInterval')
-  }).strict(),
+  }).strict().superRefine((g, ctx) => {
+    if (g.tokenTtl > g.maxTokenTtl) ctx.addIssue({ code: 'custom', path: ['tokenTtl'], message: `expected group.tokenTtl (${formatDuration(g.tokenTtl)}) at most group.maxTokenTtl (${formatDuration(g.maxTokenTtl)})` })
+  }),
   status: z.object({
     /** Status is published when it changes and at least this often. */
     interval: duration('status.interval'),
@@ -99,7 +130,11 @@ export const configSchema = z.object({
     ratePerSecond: z.number().min(0.1).max(10_000),
     /** Burst above that rate. */
     rateBurst: z.number().int().min(1).max(100_000)
-  }).strict(),
+  }).strict().superRefine((st, ctx) => {
+    // The liveness table would refuse these at start, after libp2p was up, naming no key.
+    if (!(st.suspectAfter < st.downAfter)) ctx.addIssue({ code: 'custom', path: ['downAfter'], message: `expected status.downAfter (${formatDuration(st.downAfter)}) longer than status.suspectAfter (${formatDuration(st.suspectAfter)})` })
+    if (!(st.probeInterval < st.suspectAfter)) ctx.addIssue({ code: 'custom', path: ['suspectAfter'], message: `expected status.suspectAfter (${formatDuration(st.suspectAfter)}) longer than status.probeInterval (${formatDuration(st.probeInterval)}): a member would be suspect between two heartbeats` })
+  }),
   settings: z.object({
     /** Executable that applies host settings (JSON on stdin), or null to only store them. */
     hook: z.string().min(1).nullable(),

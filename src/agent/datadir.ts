@@ -1,4 +1,4 @@
-import { mkdirSync, statSync, chmodSync } from 'node:fs'
+import { chmodSync, mkdirSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { EdgelinkError } from '../errors.js'
@@ -18,11 +18,19 @@ export interface DataDirPaths {
   blobs: string
 }
 
-/** Data dir from the flag, else `$EDGELINK_HOME`, else `~/.edgelink`. */
+/**
+ * Data dir from the flag, else `$EDGELINK_HOME`, else `~/.edgelink`. An empty flag is a
+ * usage error (it would have meant the current directory); an empty `EDGELINK_HOME` counts
+ * as unset, as a variable exported empty by a script usually is.
+ */
 export function resolveDataDir (flag?: string, env: NodeJS.ProcessEnv = process.env): string {
-  const dir = flag ?? env.EDGELINK_HOME ?? join(homedir(), '.edgelink')
-  return resolve(dir)
+  if (flag != null && flag.trim() === '') throw new EdgelinkError('--data-dir is empty; give a directory, e.g. --data-dir ~/.edgelink', 'USAGE', 400)
+  const home = env.EDGELINK_HOME != null && env.EDGELINK_HOME.trim() !== '' ? env.EDGELINK_HOME : undefined
+  return resolve(flag ?? home ?? join(homedir(), '.edgelink'))
 }
+
+/** Files and directories the agent keeps in a data dir (the names in DataDirPaths). */
+const OWN_NAMES = new Set(['identity.key', 'store', 'api.sock', 'repl.sock', 'agent.pid', 'audit.log', 'blobs'])
 
 export function dataDirPaths (root: string): DataDirPaths {
   return {
@@ -39,7 +47,9 @@ export function dataDirPaths (root: string): DataDirPaths {
 
 /**
  * Create the data dir (mode 0700) if needed and check it is usable.
- * An existing dir that others can read is tightened to 0700: it holds the host key.
+ * An existing dir that others can read is tightened to 0700 (it holds the host key), but
+ * only if it is empty or already a data dir: a shared directory given by mistake (`/tmp`,
+ * a home directory) is refused, not made private to this user.
  */
 export function prepareDataDir (root: string): { paths: DataDirPaths, tightened: boolean } {
   const paths = dataDirPaths(root)
@@ -60,7 +70,21 @@ export function prepareDataDir (root: string): { paths: DataDirPaths, tightened:
   }
   let tightened = false
   if ((st.mode & 0o077) !== 0) {
-    chmodSync(root, 0o700)
+    let entries: string[]
+    try {
+      entries = readdirSync(root)
+    } catch (err) {
+      throw new EdgelinkError(`cannot read data dir ${root}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; choose another --data-dir`, 'DATA_DIR_INVALID', 400)
+    }
+    const foreign = entries.filter(e => !OWN_NAMES.has(e) && !e.startsWith('audit.log.') && !e.startsWith('identity.key.'))
+    if (foreign.length > 0) {
+      throw new EdgelinkError(`data dir ${root} is open to other users (mode ${(st.mode & 0o7777).toString(8)}) and holds files that are not edgelink's (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); give the agent a directory of its own, e.g. --data-dir ~/.edgelink`, 'DATA_DIR_INVALID', 400)
+    }
+    try {
+      chmodSync(root, 0o700)
+    } catch (err) {
+      throw new EdgelinkError(`data dir ${root} is open to other users (mode ${(st.mode & 0o7777).toString(8)}) and cannot be made private (${(err as NodeJS.ErrnoException).code ?? String(err)}); run \`chmod 700 ${root}\` as its owner, or choose another --data-dir`, 'DATA_DIR_INVALID', 400)
+    }
     tightened = true
   }
   return { paths, tightened }

@@ -29,7 +29,12 @@ const LOG_DRAIN_TIMEOUT_MS = 2000
 export async function runAgent (opts: RunAgentOptions): Promise<void> {
   tuneHeap()
   const log = createLogger({ level: opts.config.logLevel })
-  const agent = new Agent({ dataDir: opts.dataDir, config: opts.config, logger: log })
+  let agent: Agent
+  try {
+    agent = new Agent({ dataDir: opts.dataDir, config: opts.config, logger: log })
+  } catch (err) {
+    throw startError(err) // an unusable data dir: its own clear line, not "unexpected error"
+  }
 
   process.on('unhandledRejection', (reason) => {
     // A stray rejection inside a library must not take the host's agent down.

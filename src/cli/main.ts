@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander'
 import { AGENT_VERSION } from '../version.js'
 import { CliError, EXIT_USAGE } from './errors.js'
+import { EdgelinkError } from '../errors.js'
 import { registerAgent } from './commands/agent.js'
 import { registerStatus } from './commands/status.js'
 import { registerPeers } from './commands/peers.js'
@@ -59,6 +60,10 @@ export async function main (argv: string[]): Promise<number> {
     if (err instanceof CliError) {
       process.stderr.write(`edgelink: ${err.message}\n`)
       return err.exitCode
+    }
+    if (err instanceof EdgelinkError) {
+      process.stderr.write(`edgelink: ${err.message}\n`)
+      return err.code === 'USAGE' ? EXIT_USAGE : 1
     }
     // One line, never a stack trace: the agent's log has the details.
     const first = (err instanceof Error ? err.message : String(err)).split('\n')[0]

@@ -3,7 +3,7 @@
  * SIGTERM, and the JSON output of `status` and `peers`. Agents listen on 127.0.0.1
  * with mDNS off; every process is killed in afterEach whatever the outcome.
  */
-import { existsSync, readFileSync } from 'node:fs'
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { connect, createServer } from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -113,6 +113,23 @@ describe('edgelink agent process', () => {
     expect(lines[0]).toMatch(/in use/)
     // The failed start cleaned up after itself.
     for (const f of ['api.sock', 'repl.sock', 'agent.pid']) expect(existsSync(join(otherDir, f)), f).toBe(false)
+  })
+
+  it('a shared directory as --data-dir exits 1 with one line and keeps its mode; an empty --data-dir is a usage error (exit 2)', async () => {
+    const shared = tempDataDir()
+    chmodSync(shared, 0o1777)
+    writeFileSync(join(shared, 'notes.txt'), 'x')
+    const res = await runCli(['agent', '--data-dir', shared, ...SAFE_AGENT_FLAGS])
+    expect(res.code).toBe(1)
+    expect(stackLines(res.stderr), res.stderr).toEqual([])
+    expect(res.stderr).toBe(`edgelink: data dir ${shared} is open to other users (mode 1777) and holds files that are not edgelink's (notes.txt); give the agent a directory of its own, e.g. --data-dir ~/.edgelink\n`)
+    expect(statSync(shared).mode & 0o7777).toBe(0o1777)
+    expect(readdirSync(shared)).toEqual(['notes.txt'])
+    for (const args of [['agent', '--data-dir', '', ...SAFE_AGENT_FLAGS], ['status', '--data-dir', '']]) {
+      const empty = await runCli(args)
+      expect(empty.code, args.join(' ')).toBe(2)
+      expect(empty.stderr).toBe('edgelink: --data-dir is empty; give a directory, e.g. --data-dir ~/.edgelink\n')
+    }
   })
 })
 

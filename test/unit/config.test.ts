@@ -173,6 +173,36 @@ describe('config validation errors name the key, the source and what is allowed'
     expect(err.message).toMatch(/duration/)
   })
 
+  it('durations out of range are refused with the range (a 0 or a 30d interval made timers fire every millisecond)', () => {
+    for (const [yaml, key, range] of [
+      ['group:\n  reconnectInterval: 0\n', 'group.reconnectInterval', 'from 10ms to 24h'],
+      ['status:\n  antiEntropyInterval: 30d\n', 'status.antiEntropyInterval', 'from 10ms to 24h'],
+      ['mdns:\n  interval: 0\n', 'mdns.interval', 'from 10ms to 24h'],
+      ['group:\n  tokenTtl: 120\n', 'group.tokenTtl', 'from 1s to 24h']
+    ] as const) {
+      const file = configFile('yaml', yaml)
+      const err = configErrorOf(() => loadConfig({ file, env: {} }))
+      expect(err.message, yaml).toContain(`\`${key}\``)
+      expect(err.message, yaml).toContain(`expected ${key} ${range}`)
+    }
+  })
+
+  it('liveness thresholds out of order, and a default token lifetime above the longest allowed, name the keys at load', () => {
+    const late = configErrorOf(() => loadConfig({ file: configFile('yaml', 'status:\n  suspectAfter: 5s\n'), env: {} }))
+    expect(late.message).toContain('expected status.downAfter (4s) longer than status.suspectAfter (5s)')
+    const probe = configErrorOf(() => loadConfig({ file: configFile('yaml', 'status:\n  probeInterval: 3s\n'), env: {} }))
+    expect(probe.message).toContain('expected status.suspectAfter (3s) longer than status.probeInterval (3s)')
+    const ttl = configErrorOf(() => loadConfig({ file: configFile('yaml', 'group:\n  tokenTtl: 2h\n  maxTokenTtl: 1h\n'), env: {} }))
+    expect(ttl.message).toContain('expected group.tokenTtl (2h) at most group.maxTokenTtl (1h)')
+  })
+
+  it('a --peer whose /p2p/ part is not a PeerId is refused at load, naming it', () => {
+    const err = configErrorOf(() => loadConfig({ env: {}, flags: { peers: ['/ip4/127.0.0.1/tcp/4100/p2p/12D3KooWabc'] } }))
+    expect(err.message).toContain('`peers.0`')
+    expect(err.message).toContain('is not a valid PeerId (12D3KooWabc)')
+    expect(loadConfig({ env: {}, flags: { peers: ['/ip4/127.0.0.1/tcp/4100/p2p/12D3KooWGDMwwqrpcYKpKCgxuKT2NfqPqa94QnkoBBpqvCaiCzWd'] } }).peers).toHaveLength(1)
+  })
+
   it('maxConnections below 1 states the lower bound', () => {
     const err = configErrorOf(() => loadConfig({ env: {}, flags: { net: { maxConnections: 0 } } }))
     expect(err.message).toContain('`net.maxConnections`')

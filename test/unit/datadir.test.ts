@@ -45,6 +45,26 @@ describe('data dir', () => {
     expect(statSync(root).mode & 0o777).toBe(0o700)
   })
 
+  it('a shared dir given by mistake (/tmp-like: 1777, others\' files) is refused and its mode left alone; an old data dir of 0755 is tightened', () => {
+    const shared = join(base, 'shared')
+    mkdirSync(shared)
+    chmodSync(shared, 0o1777)
+    writeFileSync(join(shared, 'someone-elses.txt'), 'x')
+    const err = thrownBy(() => prepareDataDir(shared))
+    expect(err.code).toBe('DATA_DIR_INVALID')
+    expect(err.message).toBe(`data dir ${shared} is open to other users (mode 1777) and holds files that are not edgelink's (someone-elses.txt); give the agent a directory of its own, e.g. --data-dir ~/.edgelink`)
+    // Before the fix it became 0700 (the sticky bit gone, other users locked out).
+    expect(statSync(shared).mode & 0o7777).toBe(0o1777)
+
+    const old = join(base, 'old-data-dir')
+    mkdirSync(join(old, 'store'), { recursive: true })
+    writeFileSync(join(old, 'identity.key'), 'k', { mode: 0o600 })
+    writeFileSync(join(old, 'audit.log.1'), '')
+    chmodSync(old, 0o755)
+    expect(prepareDataDir(old).tightened).toBe(true)
+    expect(statSync(old).mode & 0o777).toBe(0o700)
+  })
+
   it('an existing 0700 dir is left as it is', () => {
     const root = join(base, 'tight')
     mkdirSync(root, { mode: 0o700 })
@@ -94,5 +114,14 @@ describe('data dir', () => {
     expect(resolveDataDir('rel/dir', { EDGELINK_HOME: '/elsewhere' })).toBe(resolve('rel/dir'))
     expect(resolveDataDir(undefined, { EDGELINK_HOME: '/srv/edgelink' })).toBe('/srv/edgelink')
     expect(resolveDataDir(undefined, {})).toBe(join(homedir(), '.edgelink'))
+  })
+
+  it('an empty --data-dir is a usage error (it meant the current directory); an empty $EDGELINK_HOME counts as unset', () => {
+    for (const flag of ['', '  ']) {
+      const err = thrownBy(() => resolveDataDir(flag, { EDGELINK_HOME: '/srv/edgelink' }))
+      expect(err.code).toBe('USAGE')
+      expect(err.message).toBe('--data-dir is empty; give a directory, e.g. --data-dir ~/.edgelink')
+    }
+    expect(resolveDataDir(undefined, { EDGELINK_HOME: '' })).toBe(join(homedir(), '.edgelink'))
   })
 })
