@@ -13,6 +13,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ConfigError, errorMessage } from '../errors.js'
 import { formatDuration, parseDuration } from '../util/duration.js'
+import { MAX_LABELS } from '../status/records.js'
 
 /** TCP port the agent listens on by default: fixed, so restarted hosts find each other at stored addresses. */
 export const DEFAULT_PORT = 4100
@@ -94,7 +95,8 @@ export const configSchema = z.object({
   ui: hostPort.nullable(),
   logLevel: z.enum(LOG_LEVELS),
   /** Operator labels reported in this host's status. */
-  labels: z.record(z.string().regex(/^[\w.-]{1,63}$/, 'expected a label key of letters, digits, dot, dash or underscore'), z.string().max(256)),
+  labels: z.record(z.string().regex(/^[\w.-]{1,63}$/, 'expected a label key of letters, digits, dot, dash or underscore'), z.string().max(256))
+    .refine(l => Object.keys(l).length <= MAX_LABELS, `expected at most ${MAX_LABELS} labels: members refuse a status with more`),
   group: z.object({
     /** Lifetime of a join token when `token create` gives no --ttl (Palette uses 2 minutes). */
     tokenTtl: duration('group.tokenTtl', 1000),

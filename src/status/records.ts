@@ -85,6 +85,28 @@ export async function signStatus (s: HostStatus, key: PrivateKey): Promise<Verif
   return { view: statusView(s), bytes }
 }
 
+/** Longest content error a status carries; the host's own API shows the whole message. */
+export const MAX_PROGRESS_ERROR = 200
+
+/**
+ * Sign a status that members will take: one over MAX_RECORD_BYTES is refused by every
+ * receiver (and one over the gossip limit gets the sender's messages rejected). Many items
+ * in error with long messages can get there (256 items of 140 characters do), and the
+ * status that says the disk is full must still arrive: errors are cut to
+ * MAX_PROGRESS_ERROR, then shorter, then left out, until it fits.
+ */
+export async function signStatusFitting (s: HostStatus, key: PrivateKey): Promise<Verified<HostStatusView> & { trimmed: boolean }> {
+  let wire: HostStatus = { ...s, content: s.content.map(c => ({ ...c, error: c.error.slice(0, MAX_PROGRESS_ERROR) })) }
+  let signed = await signStatus(wire, key)
+  for (const cut of [40, 0]) {
+    if (signed.bytes.length <= MAX_RECORD_BYTES) break
+    wire = { ...wire, content: wire.content.map(c => ({ ...c, error: c.error.slice(0, cut) })) }
+    signed = await signStatus(wire, key)
+  }
+  if (signed.bytes.length > MAX_RECORD_BYTES) throw new RecordError(`this host's status is ${signed.bytes.length} bytes even without error messages, over the ${MAX_RECORD_BYTES} limit`)
+  return { ...signed, trimmed: wire.content.some((c, i) => c.error !== s.content[i].error) }
+}
+
 export async function verifyStatus (bytes: Uint8Array): Promise<Verified<HostStatusView>> {
   const { body, signature } = openRecord(bytes)
   let s: HostStatus

@@ -16,14 +16,14 @@ import { errorMessage, NotFoundError } from '../errors.js'
 import { rpcCall, rpcHandler } from '../net/rpc.js'
 import { AGENT_VERSION } from '../version.js'
 import { sameBytes, u8 } from '../util/bytes.js'
-import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type ContentProgress, type GroupMessage } from '../wire/group.js'
+import { GroupMessageType, GroupRequest, GroupRequestType, GroupResponse, GroupStatus, type ContentProgress, type GroupMessage, type HostStatus } from '../wire/group.js'
 import { collectSystem, healthOf } from './collect.js'
 import { GroupGossip, type GossipCounters } from './gossip.js'
 import { LivenessTable, type LivenessState } from './liveness.js'
 import { Heartbeats } from './heartbeat.js'
 import { EventHub } from './events.js'
 import { pulledRecently } from '../group/sync.js'
-import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatus, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
+import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatusFitting, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
 import { JitteredInterval, jittered } from '../util/timers.js'
 import { monotonicMs, wallTimeOf } from '../util/clock.js'
 
@@ -101,7 +101,10 @@ export class StatusService {
     const s = c.config.status
     this.liveness = new LivenessTable({ suspectAfterMs: s.suspectAfter, downAfterMs: s.downAfter })
     this.gossip = new GroupGossip(c.node, c.log, { maxMessageBytes: s.maxMessageBytes, ratePerSecond: s.ratePerSecond, rateBurst: s.rateBurst },
-      (from, msg) => { void this.onGossip(from, msg) },
+      (from, msg) => {
+        // A message still being handled when the agent stops finds the store closed: not an error.
+        this.onGossip(from, msg).catch(err => { if (this.running) this.c.log.warn({ from, err: errorMessage(err) }, 'group message not handled') })
+      },
       (from) => { this.pullRosterSoon(from) },
       (from) => { this.pullRosterSoon(from) })
     this.heartbeats = new Heartbeats({
@@ -228,7 +231,8 @@ export class StatusService {
       if (!force && fp === this.lastFingerprint && !due) return
       this.lastFingerprint = fp
       this.periodicDue = monotonicMs() + jittered(this.c.config.status.interval)
-      const signed = await signStatus(this.buildWire(facts, health), this.c.privateKey)
+      const signed = await signStatusFitting(this.buildWire(facts, health), this.c.privateKey)
+      if (signed.trimmed) this.c.log.debug('content error messages shortened to fit this host\'s status record')
       this.statuses.set(this.self, signed)
       if (this.c.group.membership != null) {
         await this.gossip.publish({ type: GroupMessageType.STATUS, record: u8(signed.bytes) })
@@ -258,7 +262,7 @@ export class StatusService {
     }
   }
 
-  private buildWire (facts = collectSystem(this.c.dataDir), health = healthOf(facts)): Parameters<typeof signStatus>[0] {
+  private buildWire (facts = collectSystem(this.c.dataDir), health = healthOf(facts)): HostStatus {
     const now = BigInt(Date.now()) * 1000n
     this.lastSeq = now > this.lastSeq ? now : this.lastSeq + 1n
     const st = this.settings?.state() ?? { version: 0, term: 0, state: 'none', message: '', at: null }

@@ -196,6 +196,14 @@ describe('config validation errors name the key, the source and what is allowed'
     expect(ttl.message).toContain('expected group.tokenTtl (2h) at most group.maxTokenTtl (1h)')
   })
 
+  it('more labels than members take in a status (64) are refused at load', () => {
+    const labels = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v']))
+    const err = configErrorOf(() => loadConfig({ file: configFile('json', JSON.stringify({ labels })), env: {} }))
+    expect(err.message).toContain('`labels`')
+    expect(err.message).toContain('expected at most 64 labels')
+    expect(loadConfig({ file: configFile('json', JSON.stringify({ labels: Object.fromEntries(Object.entries(labels).slice(0, 64)) })), env: {} }).labels).toHaveProperty('k63')
+  })
+
   it('a --peer whose /p2p/ part is not a PeerId is refused at load, naming it', () => {
     const err = configErrorOf(() => loadConfig({ env: {}, flags: { peers: ['/ip4/127.0.0.1/tcp/4100/p2p/12D3KooWabc'] } }))
     expect(err.message).toContain('`peers.0`')

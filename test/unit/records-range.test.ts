@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { catalogProblem, catalogVerdict, signCatalog, MAX_CATALOG_ITEMS, type CatalogItemView, type CatalogView } from '../../src/content/catalog.js'
-import { signSettings, peerBytes } from '../../src/status/records.js'
+import { signSettings, signStatusFitting, verifyStatus, peerBytes, MAX_PROGRESS_ERROR } from '../../src/status/records.js'
 import { MAX_RECORD_BYTES } from '../../src/status/records.js'
 import { u8 } from '../../src/util/bytes.js'
 import { settingsAfter } from '../../src/settings/service.js'
@@ -96,5 +96,28 @@ describe('settingsAfter', () => {
     expect(settingsAfter({ version: 1, term: 1 }, { version: 1, term: 1 })).toBe(false)
     expect(settingsAfter({ version: 1, term: 9 }, { version: 2, term: 1 })).toBe(false)
     expect(settingsAfter({ version: 1, term: 1 }, undefined)).toBe(true)
+  })
+})
+
+describe('signStatusFitting', () => {
+  it('a status with every catalog item in error and long messages still fits what members take: errors are cut, then left out', async () => {
+    const key = await generateKeyPair('Ed25519')
+    const self = peerIdFromPrivateKey(key).toString()
+    const content = Array.from({ length: 256 }, (_, i) => ({ digest: item(i).digest, state: 'error', have: 0, total: 1024, error: `insufficient space (need 1.0 GiB, have 12.0 MiB) ${'x'.repeat(300)}` }))
+    const wire = {
+      peerId: peerBytes(self), seq: 1n, at: 1n, hostname: 'h', addresses: [], agentVersion: '0', uptimeMs: 0n, platform: 'linux', osRelease: '', kernel: '', arch: '', cpus: 1,
+      load1: 0, load5: 0, load15: 0, memTotal: 0n, memFree: 0n, diskTotal: 0n, diskFree: 0n, role: 'follower', health: 'degraded', healthDetail: 'low disk', labels: [],
+      settings: { version: 0n, term: 0n, state: 'none', message: '', at: 0n }, content
+    }
+    const signed = await signStatusFitting(wire, key)
+    expect(signed.bytes.length).toBeLessThanOrEqual(MAX_RECORD_BYTES)
+    expect(signed.trimmed).toBe(true)
+    const v = await verifyStatus(signed.bytes)
+    expect(v.view.content).toHaveLength(256)
+    expect(v.view.health).toBe('degraded')
+    expect(v.view.content[0].error.length).toBeLessThan(MAX_PROGRESS_ERROR)
+
+    const few = await signStatusFitting({ ...wire, content: content.slice(0, 3) }, key)
+    expect((await verifyStatus(few.bytes)).view.content[0].error).toHaveLength(MAX_PROGRESS_ERROR)
   })
 })
