@@ -161,6 +161,7 @@ export class Agent {
       const settings = new SettingsService({ store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:settings' }), audit, group, status }, node.peerId.toString())
       // Settings first: the first status this host publishes must carry its stored settings state.
       await settings.start()
+      undo.push(async () => { await settings.stop() })
       await status.start()
       undo.push(async () => { await status.stop() })
       const content = new ContentService({ node, store, privateKey: identity.privateKey, config: this.config, log: this.log.child({ component: 'agent:content' }), audit, group, status, blobsDir: this.paths.blobs, fetch: this.contentTuning, freeSpace: this.contentFreeSpace })
@@ -207,6 +208,7 @@ export class Agent {
     await step('repl', async () => { await running.repl.stop() })
     await step('api', async () => { await running.api.stop() })
     await step('content', async () => { await running.content.stop() })
+    await step('settings', async () => { await running.settings.stop() })
     await step('status', async () => { await running.hostStatus.stop() })
     await step('group', async () => { await running.group.stop() })
     await step('peer table', () => { running.peers.stop() })

@@ -115,6 +115,11 @@ export interface HookOptions {
   killGraceMs?: number
   /** Where spawns, kills and stdin errors are logged (debug and warn levels). */
   log?: Logger
+  /**
+   * Stop the hook early (the agent is stopping): SIGTERM to its process group, SIGKILL
+   * after `killGraceMs`, as on a timeout. The result is `failed`, "stopped".
+   */
+  signal?: AbortSignal
 }
 
 /** Enough for any status report or error trace a hook prints, small enough to keep in memory per run. */
@@ -211,7 +216,7 @@ class BoundedOutput {
 
 type Ending =
   | { kind: 'exited', code: number | null, signal: NodeJS.Signals | null }
-  | { kind: 'timed-out', code: number | null, signal: NodeJS.Signals | null, escalated: boolean }
+  | { kind: 'timed-out', code: number | null, signal: NodeJS.Signals | null, escalated: boolean, stopped: boolean }
   | { kind: 'spawn-error', err: Error }
 
 async function run (path: string, input: HookInput, opts: HookOptions, started: number): Promise<HookResult> {
@@ -241,6 +246,7 @@ async function run (path: string, input: HookInput, opts: HookOptions, started: 
 
     let settled = false
     let timedOut = false
+    let stopped = false
     let escalated = false
     let exit: { code: number | null, signal: NodeJS.Signals | null } | undefined
     let graceTimer: NodeJS.Timeout | undefined
@@ -262,6 +268,7 @@ async function run (path: string, input: HookInput, opts: HookOptions, started: 
       clearTimeout(timeoutTimer)
       clearTimeout(graceTimer)
       clearTimeout(drainTimer)
+      opts.signal?.removeEventListener('abort', onAbort)
       // Whatever still holds the pipes is outside our process group; stop listening to it.
       child.stdout?.destroy()
       child.stderr?.destroy()
@@ -272,13 +279,14 @@ async function run (path: string, input: HookInput, opts: HookOptions, started: 
     const ended = (): Ending => {
       const code = exit?.code ?? null
       const signal = exit?.signal ?? null
-      return timedOut ? { kind: 'timed-out', code, signal, escalated } : { kind: 'exited', code, signal }
+      return timedOut ? { kind: 'timed-out', code, signal, escalated, stopped } : { kind: 'exited', code, signal }
     }
 
-    const timeoutTimer = setTimeout(() => {
-      if (exit !== undefined) return
+    const terminate = (why: 'timed out' | 'stopped'): void => {
+      if (exit !== undefined || timedOut) return
       timedOut = true
-      log?.debug({ hook: path, pid, timeoutMs: opts.timeoutMs }, 'settings hook timed out, sending SIGTERM')
+      stopped = why === 'stopped'
+      log?.debug({ hook: path, pid, timeoutMs: opts.timeoutMs }, `settings hook ${why}, sending SIGTERM`)
       killGroup('SIGTERM')
       graceTimer = setTimeout(() => {
         escalated = true
@@ -287,7 +295,11 @@ async function run (path: string, input: HookInput, opts: HookOptions, started: 
         // The leader normally dies at once; if it cannot (stuck in the kernel), report anyway.
         drainTimer = setTimeout(() => { finish(ended()) }, PIPE_DRAIN_MS)
       }, killGraceMs)
-    }, opts.timeoutMs)
+    }
+    const timeoutTimer = setTimeout(() => { terminate('timed out') }, opts.timeoutMs)
+    const onAbort = (): void => { terminate('stopped') }
+    if (opts.signal?.aborted === true) setImmediate(onAbort)
+    else opts.signal?.addEventListener('abort', onAbort, { once: true })
 
     child.stdout?.on('data', (chunk: Buffer) => { stdout.push(chunk) })
     child.stderr?.on('data', (chunk: Buffer) => { stderr.push(chunk) })
@@ -335,7 +347,8 @@ async function run (path: string, input: HookInput, opts: HookOptions, started: 
     }
     case 'timed-out': {
       const how = ending.escalated ? `; it ignored SIGTERM for ${seconds(killGraceMs)} and was killed with SIGKILL` : ''
-      return { ...base, state: 'failed', message: cap(`timed out after ${seconds(opts.timeoutMs)}${how}`, MAX_MESSAGE_CHARS), exitCode: ending.code, signal: ending.signal }
+      const what = ending.stopped ? 'stopped: the agent was stopping' : `timed out after ${seconds(opts.timeoutMs)}`
+      return { ...base, state: 'failed', message: cap(`${what}${how}`, MAX_MESSAGE_CHARS), exitCode: ending.code, signal: ending.signal }
     }
     case 'exited':
       return { ...base, ...interpret(ending.code, ending.signal, out, err), exitCode: ending.code, signal: ending.signal }

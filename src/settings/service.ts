@@ -71,6 +71,8 @@ export class SettingsService implements SettingsHooks {
   private own: SettingsStateView = { version: 0, term: 0, state: 'none', message: '', at: null }
   private readonly applyLock = new Mutex()
   private pendingReport?: NodeJS.Timeout
+  /** Aborted at stop: a hook still running is ended (its process group), not left behind. */
+  private readonly stopping = new AbortController()
 
   constructor (c: SettingsComponents, self: string) {
     this.c = c
@@ -99,6 +101,18 @@ export class SettingsService implements SettingsHooks {
     this.c.status.attachSettings(this)
     // A change stored but not applied (the agent stopped mid-way, or it arrived while we were down).
     if (mine != null && (settingsAfter(mine.view, this.own) || this.own.state === 'pending')) this.applySoon(mine)
+  }
+
+  /**
+   * End a hook that is still running (SIGTERM to its process group, SIGKILL after the
+   * grace) and wait for it, so it does not outlive the agent and run again beside the
+   * next start's. Its change stays `pending` in the store and is applied at the next start.
+   */
+  async stop (): Promise<void> {
+    this.stopping.abort()
+    clearTimeout(this.pendingReport)
+    this.pendingReport = undefined
+    await this.applyLock.run(async () => {})
   }
 
   // ---- operator ------------------------------------------------------------
@@ -218,6 +232,7 @@ export class SettingsService implements SettingsHooks {
   /** Apply the newest change for this host, one at a time; an older one queued behind a newer is skipped. */
   private async apply (v: Verified<SettingsChangeView>): Promise<void> {
     await this.applyLock.run(async () => {
+      if (this.stopping.signal.aborted) return
       const newest = this.changes.get(this.self)
       if (newest == null || newest.view.version !== v.view.version || newest.view.term !== v.view.term) return
       if (this.own.version === v.view.version && this.own.term === v.view.term && this.own.state !== 'pending') return
@@ -234,7 +249,11 @@ export class SettingsService implements SettingsHooks {
           issuedAt: v.view.issuedAt,
           issuer: v.view.issuer,
           hostname: this.c.config.hostname
-        }, { timeoutMs: this.c.config.settings.hookTimeout })
+        }, { timeoutMs: this.c.config.settings.hookTimeout, signal: this.stopping.signal })
+        if (this.stopping.signal.aborted) {
+          this.c.log.info({ version: v.view.version }, 'settings hook ended because the agent is stopping; the change is applied at the next start')
+          return
+        }
         state = { version, term, state: result.state, message: result.message, at: new Date().toISOString() }
         this.c.log.info({ version: v.view.version, state: result.state, exitCode: result.exitCode, durationMs: result.durationMs }, 'settings hook finished')
       }

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest'
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { request } from 'node:http'
 import fc from 'fast-check'
@@ -433,6 +433,23 @@ describe('host settings through a hook', () => {
     expect(await f2.settings.receive(old.bytes, leader.peerId)).toBe('stale')
     await until(() => [leader, f1, f2].every(a => a.settings.show('f1').settings.v === 'new'))
     await until(() => f2.settings.show('f1').state.state === 'applied' && f2.settings.show('f1').state.term === 2)
+  })
+
+  it('a hook still running when the agent stops is ended with it, and the change is applied at the next start', async () => {
+    const pidFile = join(dir, 'slow.pid')
+    f1.config.settings.hook = hook('slow.sh', `echo $$ > "${pidFile}"; exec sleep 30`)
+    await leader.settings.set('f1', { slow: '1' })
+    await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '')
+    const pid = Number(readFileSync(pidFile, 'utf8'))
+    expect(f1.settings.show().state.state).toBe('pending')
+    const dataDir = f1.paths.root
+    await f1.stop()
+    set.agents.splice(set.agents.indexOf(f1), 1)
+    // Before the fix the hook (its own process group) outlived the agent.
+    const alive = (): boolean => { try { process.kill(pid, 0); return true } catch { return false } }
+    await until(() => !alive(), 3000)
+    const back = await set.start({ name: 'f1', dataDir, config: { ...FAST, settings: { hook: hook('quick.sh', 'cat > /dev/null'), hookTimeout: 5000 } } })
+    await until(() => back.settings.show().state.state === 'applied' && back.settings.show().state.version === 1)
   })
 
   it('settings survive restarts, and a target that was down applies the newest when it returns', async () => {
