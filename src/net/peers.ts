@@ -8,6 +8,13 @@ import type { EdgelinkNode } from './node.js'
 /** Dialling a host found on the LAN: a LAN answers in milliseconds; a stuck dial must not pile up. */
 const DISCOVERY_DIAL_TIMEOUT_MS = 5_000
 
+/**
+ * Most agents listed. Any host on the LAN can connect (or answer mDNS) under a fresh
+ * PeerId each time, so without a bound the table grew for as long as one kept doing so.
+ * Past it, the entry seen longest ago that is neither connected nor configured goes.
+ */
+export const MAX_PEER_ENTRIES = 1024
+
 export type FoundVia = 'mdns' | 'config' | 'inbound' | 'outbound'
 
 export interface PeerEntry {
@@ -102,9 +109,26 @@ export class PeerTable {
   }
 
   list (): PeerEntry[] {
+    const connected = this.connectedPeers()
     return [...this.entries.values()]
-      .map(e => ({ ...e, via: [...e.via], addresses: [...e.addresses], connected: this.isConnected(e.peerId) }))
+      .map(e => ({ ...e, via: [...e.via], addresses: [...e.addresses], connected: connected.has(e.peerId) }))
       .sort((a, b) => a.peerId.localeCompare(b.peerId))
+  }
+
+  private connectedPeers (): Set<string> {
+    return new Set(this.node.getConnections().map(c => c.remotePeer.toString()))
+  }
+
+  /** Drop the entry seen longest ago that is neither connected nor configured, while over the bound. */
+  private evict (): void {
+    if (this.entries.size <= MAX_PEER_ENTRIES) return
+    const connected = this.connectedPeers()
+    let oldest: PeerEntry | undefined
+    for (const e of this.entries.values()) {
+      if (connected.has(e.peerId) || e.via.includes('config')) continue
+      if (oldest == null || e.lastSeen < oldest.lastSeen) oldest = e
+    }
+    if (oldest != null) this.entries.delete(oldest.peerId)
   }
 
   private isConnected (peerId: string): boolean {
@@ -118,6 +142,7 @@ export class PeerTable {
     if (entry == null) {
       entry = { peerId: id, addresses: [], via: [], connected: false, lastSeen: Date.now() }
       this.entries.set(id, entry)
+      this.evict()
     }
     if (!entry.via.includes(via)) entry.via.push(via)
     if (replace) entry.addresses = addresses.slice(0, 16)
