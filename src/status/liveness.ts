@@ -30,12 +30,14 @@ export interface LivenessView {
   state: LivenessState
   /** On the table's clock (`monotonicMs` unless one was given); `wallTimeOf` for display. */
   lastHeard: number
+  /** False until the member is heard from: `lastHeard` is then only when tracking began (its grace period). */
+  heard: boolean
 }
 
 export class LivenessTable {
   private readonly t: LivenessThresholds
   private readonly now: () => number
-  private readonly entries = new Map<string, { lastHeard: number, state: LivenessState }>()
+  private readonly entries = new Map<string, { lastHeard: number, state: LivenessState, heard: boolean }>()
 
   constructor (t: LivenessThresholds, now: () => number = monotonicMs) {
     if (!(t.suspectAfterMs > 0 && t.downAfterMs > t.suspectAfterMs)) throw new RangeError('liveness thresholds need 0 < suspectAfter < downAfter')
@@ -50,7 +52,7 @@ export class LivenessTable {
   track (peers: string[]): void {
     const keep = new Set(peers)
     for (const p of this.entries.keys()) if (!keep.has(p)) this.entries.delete(p)
-    for (const p of peers) if (!this.entries.has(p)) this.entries.set(p, { lastHeard: this.now(), state: 'alive' })
+    for (const p of peers) if (!this.entries.has(p)) this.entries.set(p, { lastHeard: this.now(), state: 'alive', heard: false })
   }
 
   /** Record that we heard from a member. Returns the change to `alive`, if any. */
@@ -58,6 +60,7 @@ export class LivenessTable {
     const e = this.entries.get(peer)
     if (e == null) return undefined
     e.lastHeard = Math.max(e.lastHeard, at)
+    e.heard = true
     if (e.state === 'alive') return undefined
     const change: LivenessChange = { peer, from: e.state, to: 'alive', silentMs: 0 }
     e.state = 'alive'
@@ -81,6 +84,6 @@ export class LivenessTable {
 
   get (peer: string): LivenessView | undefined {
     const e = this.entries.get(peer)
-    return e == null ? undefined : { state: e.state, lastHeard: e.lastHeard }
+    return e == null ? undefined : { state: e.state, lastHeard: e.lastHeard, heard: e.heard }
   }
 }

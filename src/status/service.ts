@@ -210,7 +210,8 @@ export class StatusService {
     const l = this.liveness.get(peer)
     return {
       liveness: l?.state ?? 'down',
-      lastHeard: l != null ? new Date(wallTimeOf(l.lastHeard)).toISOString() : null,
+      // Not heard since this host started: no time to show (the grace period is not a hearing).
+      lastHeard: l?.heard === true ? new Date(wallTimeOf(l.lastHeard)).toISOString() : null,
       health: this.statuses.get(peer)?.view.health ?? null
     }
   }
