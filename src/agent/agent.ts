@@ -4,10 +4,10 @@
  * the CLI and the REPL are thin clients of this object.
  */
 import '../polyfill.js'
-import { rmSync, writeFileSync } from 'node:fs'
+import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import { arch, cpus, loadavg, platform, release } from 'node:os'
 import { multiaddr } from '@multiformats/multiaddr'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import type { AgentConfig } from './config.js'
 import { prepareDataDir, type DataDirPaths } from './datadir.js'
 import { createLogger, type Logger } from './logger.js'
@@ -24,7 +24,7 @@ import { ContentService } from '../content/service.js'
 import type { FetchOptions } from '../content/fetcher.js'
 import { ReplServer } from '../repl/server.js'
 import { AGENT_VERSION } from '../version.js'
-import { EdgelinkError, errorMessage } from '../errors.js'
+import { EdgelinkError, errorMessage, IdentityError } from '../errors.js'
 import { Mutex } from '../util/mutex.js'
 
 export interface AgentInit {
@@ -145,7 +145,7 @@ export class Agent {
       writeFileSync(this.paths.pidFile, JSON.stringify({ pid: process.pid, startedAt: new Date(started).toISOString() }) + '\n', { mode: 0o600 })
       undo.push(async () => { rmSync(this.paths.pidFile, { force: true }) })
 
-      const identity = await loadOrCreateIdentity(this.paths.identityKey)
+      const identity = await this.loadIdentity(store)
       if (identity.tightened) this.log.warn({ file: this.paths.identityKey }, 'identity key file was readable by others; permissions tightened to 0600')
       const node = await createNode(this.config, identity.privateKey)
       const peers = new PeerTable(node, (peer, err) => { this.log.debug({ peer, err: errorMessage(err) }, 'cannot dial discovered agent') })
@@ -196,6 +196,27 @@ export class Agent {
       this.state = { status: 'stopped' }
       throw err
     }
+  }
+
+  /**
+   * The host key, checked against the PeerId this data dir's store was written by (kept in
+   * `meta` from the first start). A lost key used to be replaced silently: the host came
+   * back under a new PeerId with a roster that did not list it, unable to unlink or link.
+   */
+  private async loadIdentity (store: Store): Promise<Awaited<ReturnType<typeof loadOrCreateIdentity>>> {
+    const meta = store.sublevel<string>('meta')
+    const owner = await meta.get('peerId')
+    const fresh = `remove ${this.paths.store} too, to start this host afresh (it must then be linked to its group again)`
+    if (owner != null && !existsSync(this.paths.identityKey)) {
+      throw new IdentityError(`identity key file ${this.paths.identityKey} is missing, but this data dir belongs to host ${owner}; restore the file from a backup, or ${fresh}`)
+    }
+    const identity = await loadOrCreateIdentity(this.paths.identityKey)
+    const self = peerIdFromPrivateKey(identity.privateKey).toString()
+    if (owner == null) await meta.put('peerId', self)
+    else if (owner !== self) {
+      throw new IdentityError(`identity key file ${this.paths.identityKey} is host ${self}'s, but this data dir belongs to host ${owner}; put that host's key back, or ${fresh}`)
+    }
+    return identity
   }
 
   private async doStop (): Promise<void> {

@@ -17,7 +17,7 @@ export interface LoadedIdentity {
   tightened: boolean
 }
 
-const RECOVERY_HINT = 'restore the file from a backup, or move it away to give this host a new identity (it must then be linked to its group again)'
+const RECOVERY_HINT = 'restore the file from a backup, or move it and the store directory beside it away to give this host a new identity (it must then be linked to its group again)'
 
 export async function loadOrCreateIdentity (file: string): Promise<LoadedIdentity> {
   let bytes: Buffer

@@ -3,7 +3,7 @@
  * SIGTERM, and the JSON output of `status` and `peers`. Agents listen on 127.0.0.1
  * with mDNS off; every process is killed in afterEach whatever the outcome.
  */
-import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { connect, createServer } from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -43,6 +43,33 @@ describe('edgelink agent process', () => {
     expect((await stopAgent(first)).code).toBe(0)
     const second = await startAgent(dataDir)
     expect(second.peerId).toBe(first.peerId)
+  })
+
+  it('a lost or swapped identity key is refused (exit 1, one line) instead of a new identity for a store that is another host\'s', async () => {
+    const dataDir = tempDataDir()
+    const first = await startAgent(dataDir)
+    expect((await stopAgent(first)).code).toBe(0)
+    const key = join(dataDir, 'identity.key')
+    const saved = readFileSync(key)
+    rmSync(key)
+    const missing = await runCli(['agent', '--data-dir', dataDir, ...SAFE_AGENT_FLAGS])
+    expect(missing.code).toBe(1)
+    expect(stackLines(missing.stderr)).toEqual([])
+    expect(missing.stderr).toBe(`edgelink: identity key file ${key} is missing, but this data dir belongs to host ${first.peerId}; restore the file from a backup, or remove ${join(dataDir, 'store')} too, to start this host afresh (it must then be linked to its group again)\n`)
+    // Before the fix a new key was made here and the agent started as another host.
+    expect(existsSync(key)).toBe(false)
+
+    const other = tempDataDir()
+    const stranger = await startAgent(other)
+    expect((await stopAgent(stranger)).code).toBe(0)
+    writeFileSync(key, readFileSync(join(other, 'identity.key')), { mode: 0o600 })
+    const swapped = await runCli(['agent', '--data-dir', dataDir, ...SAFE_AGENT_FLAGS])
+    expect(swapped.code).toBe(1)
+    expect(swapped.stderr).toContain(`is host ${stranger.peerId}'s, but this data dir belongs to host ${first.peerId}`)
+
+    writeFileSync(key, saved, { mode: 0o600 })
+    const back = await startAgent(dataDir)
+    expect(back.peerId).toBe(first.peerId)
   })
 
   it('SIGTERM stops it with exit 0 and removes api.sock, repl.sock and agent.pid', async () => {
