@@ -1,6 +1,6 @@
 import { chmodSync, mkdirSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { EdgelinkError } from '../errors.js'
 
 /** Longest unix socket path the kernel accepts (sun_path is 108 bytes including the NUL). */
@@ -29,8 +29,6 @@ export function resolveDataDir (flag?: string, env: NodeJS.ProcessEnv = process.
   return resolve(flag ?? home ?? join(homedir(), '.edgelink'))
 }
 
-/** Files and directories the agent keeps in a data dir (the names in DataDirPaths). */
-const OWN_NAMES = new Set(['identity.key', 'store', 'api.sock', 'repl.sock', 'agent.pid', 'audit.log', 'blobs'])
 
 export function dataDirPaths (root: string): DataDirPaths {
   return {
@@ -76,7 +74,9 @@ export function prepareDataDir (root: string): { paths: DataDirPaths, tightened:
     } catch (err) {
       throw new EdgelinkError(`cannot read data dir ${root}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; choose another --data-dir`, 'DATA_DIR_INVALID', 400)
     }
-    const foreign = entries.filter(e => !OWN_NAMES.has(e) && !e.startsWith('audit.log.') && !e.startsWith('identity.key.'))
+    // Ours: the names in DataDirPaths, rotated audit logs, a key file being written.
+    const own = new Set(Object.entries(paths).filter(([k]) => k !== 'root').map(([, p]) => basename(p)))
+    const foreign = entries.filter(e => !own.has(e) && !e.startsWith('audit.log.') && !e.startsWith('identity.key.'))
     if (foreign.length > 0) {
       throw new EdgelinkError(`data dir ${root} is open to other users (mode ${(st.mode & 0o7777).toString(8)}) and holds files that are not edgelink's (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', …' : ''}); give the agent a directory of its own, e.g. --data-dir ~/.edgelink`, 'DATA_DIR_INVALID', 400)
     }

@@ -179,10 +179,8 @@ export class Leader implements JoinLeaderLogic {
     try {
       const m = this.c.membership()
       if (m == null || m.record.roster.leader !== this.c.self || isMember(m.record.roster, peer)) return
-      const r = m.record.roster
-      const next: Roster = { ...r, version: r.version + 1, updatedAt: Date.now(), keyId: m.key.id + 1 }
-      await this.commit(r, await signRoster(next, this.c.privateKey), { id: m.key.id + 1, key: randomBytes(GROUP_KEY_BYTES) }, new Set([this.c.self]))
-      this.c.audit.record('group.rekeyed', { groupId: r.groupId, keyId: next.keyId, peer, reason: `it saw the key in a join offer and was not admitted: ${reason}` })
+      const next = await this.commitNewKey(m, m.record.roster.members)
+      this.c.audit.record('group.rekeyed', { groupId: next.groupId, keyId: next.keyId, peer, reason: `it saw the key in a join offer and was not admitted: ${reason}` })
     } catch (err) {
       this.c.log.warn({ peer, err: errorMessage(err) }, 'a refused joiner saw the group key, and a new key could not be committed; it stays until the next unlink')
     }
@@ -278,12 +276,18 @@ export class Leader implements JoinLeaderLogic {
       const r = m.record.roster
       const target = memberOf(r, peer)
       if (target == null) return
-      const next: Roster = { ...r, version: r.version + 1, updatedAt: Date.now(), keyId: m.key.id + 1, members: r.members.filter(x => x.peerId !== peer) }
-      const signed = await signRoster(next, this.c.privateKey)
       // A new key, so the removed host cannot read later group traffic.
-      await this.commit(r, signed, { id: m.key.id + 1, key: randomBytes(GROUP_KEY_BYTES) }, new Set([this.c.self]), force)
+      const next = await this.commitNewKey(m, r.members.filter(x => x.peerId !== peer), force)
       this.c.audit.record('unlink', { groupId: r.groupId, peer, hostname: target.hostname, forced: force, rosterVersion: next.version })
     })
+  }
+
+  /** Commit the next roster version with `members` under a new group key (key id + 1). The caller holds `changeLock`. */
+  private async commitNewKey (m: Membership, members: RosterMember[], force = false): Promise<Roster> {
+    const r = m.record.roster
+    const next: Roster = { ...r, version: r.version + 1, updatedAt: Date.now(), keyId: m.key.id + 1, members }
+    await this.commit(r, await signRoster(next, this.c.privateKey), { id: m.key.id + 1, key: randomBytes(GROUP_KEY_BYTES) }, new Set([this.c.self]), force)
+    return next
   }
 
   /**

@@ -17,7 +17,7 @@ import { BadRequestError, errorMessage, NotFoundError } from '../errors.js'
 import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
 import { sameBytes, u8 } from '../util/bytes.js'
-import { mapToLabels, MAX_SETTINGS, peerBytes, signSettings, verifySettings, type SettingsChangeView, type SettingsStateView, type Verified } from '../status/records.js'
+import { mapToLabels, MAX_SETTINGS, NO_SETTINGS_STATE, peerBytes, signSettings, verifySettings, type SettingsChangeView, type SettingsStateView, type Verified } from '../status/records.js'
 import { runSettingsHook } from './hook.js'
 
 const KEY_RE = /^[A-Za-z_][\w.-]{0,63}$/
@@ -68,7 +68,7 @@ export class SettingsService implements SettingsHooks {
   private readonly self: string
   private readonly db: Sublevel<string | StoredState>
   private readonly changes = new Map<string, Verified<SettingsChangeView>>()
-  private own: SettingsStateView = { version: 0, term: 0, state: 'none', message: '', at: null }
+  private own: SettingsStateView = NO_SETTINGS_STATE
   private readonly applyLock = new Mutex()
   private pendingReport?: NodeJS.Timeout
   /** Aborted at stop: a hook still running is ended (its process group), not left behind. */

@@ -24,6 +24,9 @@ export class RecordError extends EdgelinkError {
   constructor (message: string) { super(message, 'RECORD_INVALID', 400) }
 }
 
+/** A host that never received a settings change. */
+export const NO_SETTINGS_STATE: SettingsStateView = Object.freeze({ version: 0, term: 0, state: 'none', message: '', at: null })
+
 export interface SettingsStateView {
   version: number
   /** Term of the change `version` belongs to: changes are ordered by (version, term); 0 if none. */

@@ -23,7 +23,7 @@ import { LivenessTable, type LivenessState } from './liveness.js'
 import { Heartbeats } from './heartbeat.js'
 import { EventHub } from './events.js'
 import { pulledRecently } from '../group/sync.js'
-import { mapToLabels, MAX_RECORD_BYTES, peerBytes, signStatusFitting, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
+import { mapToLabels, MAX_RECORD_BYTES, NO_SETTINGS_STATE, peerBytes, signStatusFitting, verifyStatus, type HostStatusView, type SettingsStateView, type Verified } from './records.js'
 import { JitteredInterval, jittered } from '../util/timers.js'
 import { monotonicMs, wallTimeOf } from '../util/clock.js'
 
@@ -266,7 +266,7 @@ export class StatusService {
   private buildWire (facts = collectSystem(this.c.dataDir), health = healthOf(facts)): HostStatus {
     const now = BigInt(Date.now()) * 1000n
     this.lastSeq = now > this.lastSeq ? now : this.lastSeq + 1n
-    const st = this.settings?.state() ?? { version: 0, term: 0, state: 'none', message: '', at: null }
+    const st = this.settings?.state() ?? NO_SETTINGS_STATE
     const role = this.c.group.statusFields().role
     return {
       peerId: peerBytes(this.self),
@@ -317,7 +317,7 @@ export class StatusService {
       health: w.health,
       healthDetail: w.healthDetail,
       labels: { ...this.c.config.labels },
-      settings: this.settings?.state() ?? { version: 0, term: 0, state: 'none', message: '', at: null },
+      settings: this.settings?.state() ?? NO_SETTINGS_STATE,
       content: w.content.map(c => ({ digest: c.digest, state: c.state, have: c.have, total: c.total, error: c.error }))
     }
   }
