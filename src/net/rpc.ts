@@ -26,10 +26,19 @@ export interface RpcHandlerOptions<Req, Res> {
   log: Logger
 }
 
+/**
+ * The stream reader gathers a whole frame before decoding it, and refuses to hold more
+ * than its buffer (4 MiB by default): a frame the protocol allows must fit, with its
+ * length prefix.
+ */
+function framed (stream: Stream, maxFrameBytes: number): ReturnType<typeof pbStream> {
+  return pbStream(stream, { maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 16 })
+}
+
 export function rpcHandler<Req, Res> (o: RpcHandlerOptions<Req, Res>) {
   return async (stream: Stream, connection: Connection): Promise<void> => {
     const signal = AbortSignal.timeout(o.timeoutMs)
-    const pb = pbStream(stream, { maxDataLength: o.maxFrameBytes })
+    const pb = framed(stream, o.maxFrameBytes)
     const remote = connection.remotePeer
     try {
       let req: Req
@@ -56,7 +65,7 @@ export async function rpcCall<Req, Res> (node: EdgelinkNode, peer: PeerId, proto
   // The request rides with the protocol proposal (no round trip for multistream-select
   // first); a peer that does not speak the protocol fails the read below instead.
   const stream = await node.dialProtocol(peer, protocol, { signal, negotiateFully: false })
-  const pb = pbStream(stream, { maxDataLength: opts.maxFrameBytes })
+  const pb = framed(stream, opts.maxFrameBytes)
   try {
     await pb.write(req, codecs.request, { signal })
     const res = await pb.read(codecs.response, { signal })

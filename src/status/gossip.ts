@@ -129,7 +129,7 @@ export class GroupGossip {
     return this.topic == null ? [] : this.node.services.pubsub.getSubscribers(this.topic).map(String)
   }
 
-  private validate (_relay: PeerId, msg: Message): TopicValidatorResult {
+  private validate (relay: PeerId, msg: Message): TopicValidatorResult {
     const g = this.group
     if (g == null) return this.ignore('idle')
     if (msg.type !== 'signed') return this.reject('unsigned', 'unknown')
@@ -143,6 +143,16 @@ export class GroupGossip {
       if (opened.ok) {
         this.onRosterBehind(from)
         return this.ignore('unknown-member')
+      }
+      // Sealed with a newer key by a host we do not know, and relayed by a member, which
+      // accepted it: we missed a rotation and a join after it. Rejecting it would cost
+      // that member its score with us; ignore it and take the roster (with the key) from
+      // the member. Anyone can write a larger key id, so without a member relaying it,
+      // it is refused as before.
+      const via = relay.toString()
+      if (opened.reason === 'unknown-key' && via !== from && g.isMember(via)) {
+        this.onKeyBehind(via)
+        return this.ignore('unknown-key')
       }
       return this.reject('not-member', from)
     }

@@ -3,7 +3,10 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { request } from 'node:http'
 import fc from 'fast-check'
-import type { Message } from '@libp2p/gossipsub'
+import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
+import { randomBytes } from 'node:crypto'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { AgentSet, tempDir } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { topicFor } from '../../src/status/gossip.js'
@@ -182,6 +185,31 @@ describe('group gossip: status, liveness, key rotation', () => {
     }, 10_000)
     expect(() => leader.hostState.statusOf(f2Id)).toThrow()
     f2.node.services.pubsub.removeEventListener('message', onMsg)
+  })
+
+  it('a message from a host our roster does not list yet, sealed with a key newer than ours and relayed by a member, is ignored (no penalty) rather than rejected', async () => {
+    // We missed a rotation and the join after it: the member that relays it accepted it.
+    const m = leader.group.membership
+    if (m == null) throw new Error('not linked')
+    const topic = topicFor(m.record.roster.groupId)
+    const validate = leader.node.services.pubsub.topicValidators.get(topic)
+    if (validate == null) throw new Error('no validator')
+    const newcomer = await generateKeyPair('Ed25519')
+    const newcomerId = peerIdFromPrivateKey(newcomer)
+    const env = sealMessage({ type: GroupMessageType.STATUS, record: new Uint8Array(8) }, { id: m.key.id + 1, key: randomBytes(32) }, Buffer.from(m.record.roster.groupId, 'hex'), newcomerId.toMultihash().bytes)
+    const msg = { type: 'signed', from: newcomerId, data: env, topic, sequenceNumber: 1n, signature: new Uint8Array(64), key: newcomer.publicKey } as unknown as Message
+    const counters = leader.hostState.counters
+    const [ignored, rejected] = [counters.ignored['unknown-key'], counters.rejected['not-member']]
+    expect(await validate(peerIdFromString(f1.peerId), msg)).toBe(TopicValidatorResult.Ignore)
+    expect([counters.ignored['unknown-key'], counters.rejected['not-member']]).toEqual([ignored + 1, rejected])
+    // Sent by the newcomer itself, or relayed by a host that is not a member either: anyone
+    // can write a larger key id, so that is rejected as before.
+    expect(await validate(newcomerId, msg)).toBe(TopicValidatorResult.Reject)
+    expect([counters.ignored['unknown-key'], counters.rejected['not-member']]).toEqual([ignored + 1, rejected + 1])
+    // And a message sealed with our key id by a non-member is still forged, whoever relays it.
+    const forged = sealMessage({ type: GroupMessageType.STATUS, record: new Uint8Array(8) }, { id: m.key.id, key: randomBytes(32) }, Buffer.from(m.record.roster.groupId, 'hex'), newcomerId.toMultihash().bytes)
+    expect(await validate(peerIdFromString(f1.peerId), { ...msg, data: forged } as unknown as Message)).toBe(TopicValidatorResult.Reject)
+    expect(counters.rejected['not-member']).toBe(rejected + 2)
   })
 
   it('a non-member on the LAN that subscribes reads nothing and its messages are rejected', async () => {
