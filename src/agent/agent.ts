@@ -234,9 +234,16 @@ export class Agent {
     await step('group', async () => { await running.group.stop() })
     await step('peer table', () => { running.peers.stop() })
     await step('libp2p', async () => { await running.node.stop() })
-    await step('store', async () => { await running.store.close() })
+    // The one step whose failure the caller must hear of: writes LevelDB had not flushed
+    // may be lost, and a supervisor should see a failed exit, not a clean one.
+    let storeError: unknown
+    try { await running.store.close() } catch (err) { storeError = err }
     rmSync(this.paths.pidFile, { force: true })
     this.state = { status: 'stopped' }
+    if (storeError != null) {
+      this.log.error({ err: errorMessage(storeError) }, 'error while stopping store')
+      throw new EdgelinkError(`the store did not close cleanly (${errorMessage(storeError)}); the last changes may not be on disk: check the agent's state after the next start`, 'STORE_CLOSE')
+    }
     this.log.info('agent stopped')
   }
 

@@ -34,12 +34,10 @@ export class ApiServer {
     const app = buildApp(this.agent, this.log)
     // Only a running agent removes a socket, and it holds the data dir lock, so a socket here is stale.
     rmSync(this.socketPath, { force: true })
-    const oldMask = process.umask(0o177)
-    try {
-      await app.listen({ path: this.socketPath })
-    } finally {
-      process.umask(oldMask)
-    }
+    // The data dir is 0700 (prepareDataDir), so nobody else can reach the socket in the
+    // moment before the chmod. No umask here: it is process-wide, and would be held across
+    // the await, so a directory another task made meanwhile would lose its search bit.
+    await app.listen({ path: this.socketPath })
     chmodSync(this.socketPath, 0o600)
     this.app = app
   }

@@ -39,15 +39,11 @@ export class ReplServer {
     if (this.server != null) return
     rmSync(this.socketPath, { force: true })
     const server = createServer(socket => { this.accept(socket) })
-    const oldMask = process.umask(0o177)
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject)
-        server.listen(this.socketPath, () => { server.off('error', reject); resolve() })
-      })
-    } finally {
-      process.umask(oldMask)
-    }
+    // Private by the data dir's 0700, as the API socket (src/api/server.ts): no umask.
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.socketPath, () => { server.off('error', reject); resolve() })
+    })
     chmodSync(this.socketPath, 0o600)
     this.server = server
   }

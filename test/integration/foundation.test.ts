@@ -3,13 +3,16 @@
  * configured peer address or an explicit dial, list each other, and start and stop
  * cleanly.
  */
-import { existsSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
 import { request } from 'node:http'
 import { afterEach, describe, expect, it } from 'vitest'
 import { waitFor } from '../helpers/wait.js'
 import type { Agent } from '../../src/agent/agent.js'
 import type { PeerEntry } from '../../src/net/peers.js'
 import { AgentSet, tempDir } from '../helpers/agents.js'
+import { ApiServer } from '../../src/api/server.js'
+import { ReplServer } from '../../src/repl/server.js'
 
 const agents = new AgentSet()
 afterEach(async () => { await agents.stopAll() })
@@ -120,6 +123,37 @@ describe('agent lifecycle', () => {
     await a.stop()
     expect(a.status).toBe('stopped')
     for (const p of [a.paths.apiSocket, a.paths.replSocket, a.paths.pidFile]) expect(existsSync(p), p).toBe(false)
+  })
+
+  it('a store that fails to close fails the stop (a supervisor sees it), after everything else is stopped and removed', async () => {
+    const a = await agents.start({ name: 'a' })
+    const store = (a as unknown as { state: { store: { close: () => Promise<void> } } }).state.store
+    const close = store.close.bind(store)
+    store.close = async () => { await close(); throw new Error('EIO: i/o error, fsync') }
+    await expect(a.stop()).rejects.toThrow(/store did not close cleanly \(EIO: i\/o error, fsync\); the last changes may not be on disk/)
+    expect(a.status).toBe('stopped')
+    for (const p of [a.paths.apiSocket, a.paths.replSocket, a.paths.pidFile]) expect(existsSync(p), p).toBe(false)
+    // And it starts again on the same data dir.
+    await a.start()
+    expect(a.status).toBe('running')
+  })
+
+  it('the API and REPL sockets are 0600, and opening them leaves the process umask alone (a directory another task creates meanwhile stays usable)', async () => {
+    const a = await agents.start({ name: 'a' })
+    const dir = tempDir()
+    chmodSync(dir, 0o700)
+    for (const [name, server] of [['api', new ApiServer(a, join(dir, 'api.sock'), a.log)], ['repl', new ReplServer(a, join(dir, 'repl.sock'), a.log)]] as const) {
+      const started = server.start()
+      // What the rest of the agent does while the listen is awaited, e.g. a fetch making a blob directory.
+      mkdirSync(join(dir, `made-meanwhile-${name}`), { mode: 0o755 })
+      await started
+      try {
+        expect(statSync(join(dir, `made-meanwhile-${name}`)).mode & 0o700, name).toBe(0o700)
+        expect(statSync(join(dir, `${name}.sock`)).mode & 0o777, name).toBe(0o600)
+      } finally {
+        await server.stop()
+      }
+    }
   })
 
   it('a stopped agent starts again with the same PeerId', async () => {
