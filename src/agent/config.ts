@@ -320,6 +320,33 @@ function envLayers (env: NodeJS.ProcessEnv): ConfigLayer[] {
   return layers
 }
 
+/** `EDGELINK_*` variables read outside the agent's configuration (CLI, hook, test harness). */
+const OTHER_ENV = ['EDGELINK_HOME', 'EDGELINK_CONFIG', 'EDGELINK_API_TIMEOUT', 'EDGELINK_SETTINGS_VERSION', 'EDGELINK_E2E', 'EDGELINK_KEEP_LAB', 'EDGELINK_TEST_LOG']
+
+/**
+ * One line per `EDGELINK_*` variable that nothing reads: a misspelt name would otherwise
+ * leave its setting at the default without a word. A warning, not an error, as Consul
+ * and LXD treat their environments: other tools may share the prefix.
+ */
+export function unknownEnvWarnings (env: NodeJS.ProcessEnv): string[] {
+  const known = [...Object.keys(ENV_KEYS), ...OTHER_ENV]
+  return Object.keys(env).filter(n => n.startsWith('EDGELINK_') && !known.includes(n)).sort().map(name => {
+    const near = known.map(k => ({ k, d: editDistance(name, k) })).sort((a, b) => a.d - b.d)[0]
+    const hint = near.d <= 3 ? `did you mean ${near.k}?` : `edgelink reads ${Object.keys(ENV_KEYS).join(', ')}`
+    return `environment variable ${name} is not one edgelink reads, so it changes nothing; ${hint}`
+  })
+}
+
+function editDistance (a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i]
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    prev = row
+  }
+  return prev[b.length]
+}
+
 export function parseBool (raw: string, name: string): boolean {
   const v = raw.trim().toLowerCase()
   if (['1', 'true', 'yes', 'on'].includes(v)) return true

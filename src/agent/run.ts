@@ -21,6 +21,8 @@ import { CliError } from '../cli/errors.js'
 export interface RunAgentOptions {
   dataDir: string
   config: AgentConfig
+  /** Logged once the logger exists (e.g. an `EDGELINK_*` variable nothing reads). */
+  warnings?: string[]
 }
 
 /** How long the exit path waits for buffered log lines to reach stdout. */
@@ -29,6 +31,7 @@ const LOG_DRAIN_TIMEOUT_MS = 2000
 export async function runAgent (opts: RunAgentOptions): Promise<void> {
   tuneHeap()
   const log = createLogger({ level: opts.config.logLevel })
+  for (const w of opts.warnings ?? []) log.warn(w)
   let agent: Agent
   try {
     agent = new Agent({ dataDir: opts.dataDir, config: opts.config, logger: log })

@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   apiGet,
   assertBuilt,
+  cleanEnv,
   cleanup,
   cleanupKept,
   keep,
@@ -41,8 +42,13 @@ describe('edgelink agent process', () => {
     const first = await startAgent(dataDir)
     expect(first.peerId).toMatch(/^12D3KooW/)
     expect((await stopAgent(first)).code).toBe(0)
-    const second = await startAgent(dataDir)
+    const second = await startAgent(dataDir, [], { env: cleanEnv({ EDGELINK_MDSN: 'false' }) })
     expect(second.peerId).toBe(first.peerId)
+    // A variable nothing reads is logged as a warning at start (and the agent runs).
+    expect((await stopAgent(second)).code).toBe(0)
+    const warned = second.stdout().split('\n').filter(l => l.includes('EDGELINK_MDSN')).map(l => JSON.parse(l) as { level: number, msg: string })
+    expect(warned).toEqual([expect.objectContaining({ level: 40, msg: 'environment variable EDGELINK_MDSN is not one edgelink reads, so it changes nothing; did you mean EDGELINK_MDNS?' })])
+    expect(first.stdout()).not.toMatch(/is not one edgelink reads/)
   })
 
   it('a lost or swapped identity key is refused (exit 1, one line) instead of a new identity for a store that is another host\'s', async () => {

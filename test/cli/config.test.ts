@@ -189,6 +189,14 @@ describe('agent --print-config --json', () => {
     expect(printed.config.hostname).toBe('from-env-file')
   })
 
+  it('a misspelt EDGELINK_* variable is named on stderr with the name it resembles; the config is as if it were unset', async () => {
+    const dataDir = tempDataDir()
+    const res = await runCli(['agent', '--print-config', '--json', '--data-dir', dataDir], { env: cleanEnv({ EDGELINK_LISTN: '/ip4/127.0.0.1/tcp/4999' }) })
+    expect(res.code, res.stderr).toBe(0)
+    expect(res.stderr).toBe('edgelink: warning: environment variable EDGELINK_LISTN is not one edgelink reads, so it changes nothing; did you mean EDGELINK_LISTEN?\n')
+    expect((JSON.parse(res.stdout) as PrintedConfig).config.listen).toEqual(['/ip4/0.0.0.0/tcp/4100'])
+  })
+
   it('with nothing set, shows the defaults', async () => {
     const dataDir = tempDataDir()
     const printed = await printConfig(['--data-dir', dataDir])

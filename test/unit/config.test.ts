@@ -10,7 +10,9 @@ import {
   DEFAULT_PORT,
   defaultConfig,
   loadConfig,
+  ENV_KEYS,
   resolveLayers,
+  unknownEnvWarnings,
   type ConfigLayer
 } from '../../src/agent/config.js'
 import { ConfigError } from '../../src/errors.js'
@@ -447,5 +449,29 @@ describe('resolveLayers with arbitrary JSON values', () => {
         for (const s of (err as ConfigError).sources) expect(given).toContain(s)
       }
     }), { numRuns: 500 })
+  })
+})
+
+describe('EDGELINK_* variables nothing reads', () => {
+  it('each gets one warning line, with the nearest known name when one is close', () => {
+    expect(unknownEnvWarnings({ EDGELINK_LISTN: '/ip4/127.0.0.1/tcp/1', EDGELINK_LISTEN: 'x', EDGELINK_HOME: '/x', PATH: '/bin', EDGELINK_API_TIMEOUT: '5s' })).toEqual([
+      'environment variable EDGELINK_LISTN is not one edgelink reads, so it changes nothing; did you mean EDGELINK_LISTEN?'
+    ])
+    const far = unknownEnvWarnings({ EDGELINK_WHATEVER_ELSE: '1' })
+    expect(far).toHaveLength(1)
+    expect(far[0]).toMatch(/^environment variable EDGELINK_WHATEVER_ELSE is not one edgelink reads, so it changes nothing; edgelink reads EDGELINK_HOSTNAME, EDGELINK_LISTEN, /)
+  })
+
+  it('every name the README documents, and none other than EDGELINK_*, passes without a warning', () => {
+    expect(unknownEnvWarnings({ ...Object.fromEntries(Object.keys(ENV_KEYS).map(k => [k, ''])), EDGELINK_HOME: '', EDGELINK_CONFIG: '', EDGELINK_API_TIMEOUT: '', HOME: '/root', edgelink_listen: 'x' })).toEqual([])
+  })
+
+  it('garbage names never throw, and name only themselves', () => {
+    fc.assert(fc.property(fc.string({ maxLength: 40 }), (tail) => {
+      const name = `EDGELINK_${tail}`
+      const out = unknownEnvWarnings({ [name]: 'v' })
+      expect(out.length).toBeLessThanOrEqual(1)
+      if (out.length === 1) expect(out[0].startsWith(`environment variable ${name} is not one`)).toBe(true)
+    }))
   })
 })

@@ -46,7 +46,7 @@ export function registerAgent (program: Command): void {
       if (opts.logLevel != null) flags.logLevel = opts.logLevel
 
       // Loaded lazily: `edgelink status` must not pay for importing libp2p.
-      const { loadConfig } = await import('../../agent/config.js')
+      const { loadConfig, unknownEnvWarnings } = await import('../../agent/config.js')
       const { ConfigError } = await import('../../errors.js')
       let config
       try {
@@ -57,7 +57,9 @@ export function registerAgent (program: Command): void {
         }
         throw err
       }
+      const warnings = unknownEnvWarnings(process.env)
       if (opts.printConfig === true) {
+        for (const w of warnings) process.stderr.write(`edgelink: warning: ${w}\n`)
         if (opts.json === true) printJson({ dataDir, configFile: file ?? null, config })
         else {
           // Loaded lazily (~45 ms): only --print-config needs a YAML writer. `yaml` is
@@ -70,7 +72,7 @@ export function registerAgent (program: Command): void {
         return
       }
       const { runAgent } = await import('../../agent/run.js')
-      await runAgent({ dataDir, config })
+      await runAgent({ dataDir, config, warnings })
     })
 }
 
