@@ -122,6 +122,7 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
       self: this.self,
       membership,
       isMemberPeer: (peer) => this.isMemberPeer(peer),
+      wasMember: (peer) => this.groupStore.wasMember(peer),
       adopt
     })
   }

@@ -31,6 +31,8 @@ export interface SyncComponents {
   membership: () => Membership | undefined
   /** `peer` is another member of this host's group. */
   isMemberPeer: (peer: string) => boolean
+  /** `peer` was removed from this host's group while this host was in it. */
+  wasMember: (peer: string) => boolean
   /** Adopt a verified roster received from another member if it is newer. */
   adopt: (record: SignedRosterRecord, key: GroupKeyMaterial | undefined) => Promise<AdoptOutcome>
 }
@@ -130,6 +132,10 @@ export class MembershipSync {
     const m = this.c.membership()
     if (m == null) return response(RosterStatus.NOT_MEMBER, 'this host is not in that group')
     const r = m.record
+    // Members, and hosts removed from the group (so one that was down when it was
+    // unlinked learns it). Anyone else on the LAN who knows the group id (it names the
+    // gossip topic) would read the members' names and addresses.
+    if (!isMember(r.roster, peer) && !this.c.wasMember(peer)) return response(RosterStatus.NOT_MEMBER, 'the requester is not a member of this group')
     const known = [Number(req.knownTerm), Number(req.knownVersion)]
     if (r.roster.term < known[0] || (r.roster.term === known[0] && r.roster.version <= known[1])) return response(RosterStatus.NOT_NEWER)
     const key = isMember(r.roster, peer) ? GroupKey.encode({ id: m.key.id, key: u8(m.key.key) }) : undefined

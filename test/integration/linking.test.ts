@@ -5,7 +5,9 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { AgentSet } from '../helpers/agents.js'
 import type { Agent } from '../../src/agent/agent.js'
 import { decodeToken, encodeToken, newSecret } from '../../src/group/token.js'
-import { ROSTER_PROTOCOL } from '../../src/group/roster-protocol.js'
+import { ROSTER_PROTOCOL, rosterCall, RosterRequestType, RosterStatus } from '../../src/group/roster-protocol.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { u8 } from '../../src/util/bytes.js'
 import type { SignedRosterRecord } from '../../src/group/roster.js'
 import { waitFor } from '../helpers/wait.js'
 
@@ -162,6 +164,33 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     await until(() => back.hostStatus().rosterVersion === version)
     expect(back.group.hosts().map(h => h.peerId)).not.toContain(f1.peerId)
     expect(back.group.membership?.key.id).toBe(leader.group.membership?.key.id)
+  })
+
+  it('a follower unlinked while it was stopped learns it when it returns (the members remember it as a former member and answer its pull); a host that never was a member is refused the roster', async () => {
+    await linkTo(leader, f1)
+    await linkTo(leader, f2)
+    const dir = f2.paths.root
+    await f2.stop()
+    set.agents.splice(set.agents.indexOf(f2), 1)
+    await leader.group.unlink('f2') // 2 of 3 store it: the leader and f1
+    // Only the leader may push to f2, and it is gone from f1's roster: the leader must not be the one it hears from.
+    await leader.stop()
+    set.agents.splice(set.agents.indexOf(leader), 1)
+    const back = await set.start({ name: 'f2', dataDir: dir, config: FAST })
+    await back.dial(f1.node.getMultiaddrs()[0].toString())
+    await until(() => back.group.membership === undefined)
+    expect(auditEvents(back).some(e => e.event === 'unlinked')).toBe(true)
+
+    // An outsider who knows the group id (it names the gossip topic) reads nothing.
+    const outsider = await set.start({ name: 'outsider', config: FAST })
+    await outsider.dial(f1.node.getMultiaddrs()[0].toString())
+    const res = await rosterCall(outsider.node, peerIdFromString(f1.peerId), {
+      type: RosterRequestType.PULL,
+      groupId: u8(Buffer.from(f1.group.roster?.groupId ?? '', 'hex')),
+      knownTerm: 0n,
+      knownVersion: 0n
+    }, 4000)
+    expect([res.status, res.roster.length, res.groupKey.length]).toEqual([RosterStatus.NOT_MEMBER, 0, 0])
   })
 
   it('a member that was down through two handovers verifies the chain and follows the newest leader', async () => {
