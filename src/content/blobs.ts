@@ -313,10 +313,12 @@ export class BlobStore {
       return existing.manifest
     }
     const entry: Entry = { digest, state: 'completing', manifest, bytes: encodeManifest(manifest), bitmap: emptyBitmap(0) }
+    // Synced: the rename below reaches the disk (fsyncDir), and a record lost to a power
+    // cut would leave a file no record vouches for, deleted at the next start.
     await this.db.batch([
       { type: 'put', key: BLOB_PREFIX + digest, value: record(entry) },
       { type: 'put', key: MANIFEST_PREFIX + digest, value: Buffer.from(entry.bytes).toString('base64') }
-    ])
+    ], { sync: true })
     try {
       await rename(tmp, this.path(digest))
     } catch (err) {
@@ -382,7 +384,9 @@ export class BlobStore {
       if (this.index.get(entry.digest) !== entry) throw new EdgelinkError(`${entry.digest} was removed while it was being completed`, 'BLOB_REMOVED', 409)
       const key = BLOB_PREFIX + entry.digest
       entry.state = 'completing'
-      await this.db.put(key, record(entry))
+      // Synced before the rename, as in commitUpload: start-up settles `completing` by
+      // where the file is; a `partial` record with its file renamed away would be dropped.
+      await this.db.put(key, record(entry), { sync: true })
       try {
         this.reads.forget(join(this.dirs.partial, hexOf(entry.digest)))
         await rename(join(this.dirs.partial, hexOf(entry.digest)), this.path(entry.digest))

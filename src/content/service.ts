@@ -353,7 +353,8 @@ export class ContentService implements ContentHooks, SyncServer {
 
   private async keep (c: SignedCatalog): Promise<void> {
     this.current = c
-    await this.db.put('catalog', Buffer.from(c.bytes).toString('base64'))
+    // Synced: the leader answers an upload once its catalog holds it (protocols/sync.md).
+    await this.db.put('catalog', Buffer.from(c.bytes).toString('base64'), { sync: true })
     this.schedule()
     this.reissueAsLeader()
     void this.c.status.publish(true)
