@@ -90,7 +90,8 @@ export class ContentService implements ContentHooks, SyncServer {
   private readonly uploading = new Map<string, number>()
   private readonly changeLock = new Mutex()
   /** The highest catalog version seen in a valid catalog, kept or not (issue() goes above it). */
-  private seenVersion = 0
+  /** The highest catalog version seen for a group (not only held); see issue(). */
+  private seen = { groupId: '', version: 0 }
   private readonly fetchOptions: FetchOptions
   /** Bytes served to and received from each member since start (the swarming measurement). */
   readonly traffic = { served: new Map<string, number>(), received: new Map<string, number>(), faults: new Map<string, number>() }
@@ -171,7 +172,7 @@ export class ContentService implements ContentHooks, SyncServer {
   private async listUpload (manifest: ManifestView, opts: { name: string, kind: string }): Promise<CatalogItemView> {
     return await this.changeLock.run(async () => {
       this.requireLeader('upload content')
-      const items = (this.current?.view.items ?? []).filter(i => i.digest !== manifest.digest)
+      const items = (this.held()?.view.items ?? []).filter(i => i.digest !== manifest.digest)
       const item: CatalogItemView = {
         digest: manifest.digest,
         name: opts.name,
@@ -195,7 +196,7 @@ export class ContentService implements ContentHooks, SyncServer {
   private catalogRoom (name: string, kind: string, size = 0): string | undefined {
     const r = this.c.group.requireMembership().record.roster
     const placeholder: CatalogItemView = { digest: `sha256:${'0'.repeat(64)}`, name, kind: kind as ContentKind, size, chunkSize: CHUNK_SIZE, manifestDigest: '0'.repeat(64), addedAt: new Date().toISOString() }
-    return catalogProblem([...(this.current?.view.items ?? []), placeholder], r.groupId, this.self)
+    return catalogProblem([...(this.held()?.view.items ?? []), placeholder], r.groupId, this.self)
   }
 
   /** Remove (leader only): drop the item from the catalog; every member deletes its blob. */
@@ -203,7 +204,7 @@ export class ContentService implements ContentHooks, SyncServer {
     if (!isDigest(digest)) throw new BadRequestError(`"${digest.slice(0, 80)}" is not a digest (sha256:<64 hex>); see \`edgelink content ls\``, 'CONTENT_DIGEST_INVALID')
     return await this.changeLock.run(async () => {
       this.requireLeader('remove content')
-      const items = this.current?.view.items ?? []
+      const items = this.held()?.view.items ?? []
       if (!items.some(i => i.digest === digest)) throw new NotFoundError(`${digest} is not in the catalog; see \`edgelink content ls\``, 'CONTENT_UNKNOWN')
       await this.issue(items.filter(i => i.digest !== digest))
       this.c.audit.record('content.removed', { digest })
@@ -214,7 +215,7 @@ export class ContentService implements ContentHooks, SyncServer {
   /** The catalog with every member's state for each item. */
   list (): ContentItemView[] {
     const members = this.c.group.roster?.members ?? []
-    return (this.current?.view.items ?? []).map(item => {
+    return (this.held()?.view.items ?? []).map(item => {
       const hosts = members.map(m => this.hostState(m.peerId, m.hostname, item))
       return { ...item, hosts, complete: hosts.filter(h => h.state === 'complete').length }
     })
@@ -229,7 +230,7 @@ export class ContentService implements ContentHooks, SyncServer {
 
   /** Content summary for the hosts table: complete items out of the catalog's. */
   summary (peer: string): { complete: number, total: number } {
-    const items = this.current?.view.items ?? []
+    const items = this.held()?.view.items ?? []
     const hostname = this.c.group.roster?.members.find(m => m.peerId === peer)?.hostname ?? ''
     return { complete: items.filter(i => this.hostState(peer, hostname, i).state === 'complete').length, total: items.length }
   }
@@ -237,19 +238,20 @@ export class ContentService implements ContentHooks, SyncServer {
   // ---- ContentHooks ---------------------------------------------------------------
 
   progress (): ContentProgress[] {
-    return (this.current?.view.items ?? []).map(i => {
+    return (this.held()?.view.items ?? []).map(i => {
       const s = this.localState(i)
       return { digest: i.digest, state: s.state, have: s.have, total: s.total, error: s.error ?? '' }
     })
   }
 
   catalog (): Uint8Array | undefined {
-    return this.current?.bytes
+    return this.held()?.bytes
   }
 
   async receive (bytes: Uint8Array, via: string): Promise<'stored' | 'stale' | 'refused'> {
     // An exact copy of the catalog we hold (pulls repeat it) needs no signature check.
-    if (this.current != null && sameBytes(this.current.bytes, bytes)) return 'stale'
+    const held = this.held()
+    if (held != null && sameBytes(held.bytes, bytes)) return 'stale'
     let c: SignedCatalog
     try {
       c = await verifyCatalog(bytes)
@@ -261,8 +263,8 @@ export class ContentService implements ContentHooks, SyncServer {
     if (r == null || c.view.groupId !== r.groupId || c.view.term > r.term) return 'refused'
     const leader = await this.c.group.leaderOfTerm(c.view.term).catch(() => undefined)
     if (leader !== c.view.issuer) return 'refused'
-    const verdict = catalogVerdict(c.view, this.current?.view, r, this.self)
-    if (verdict !== 'older-term') this.seenVersion = Math.max(this.seenVersion, c.view.version)
+    const verdict = catalogVerdict(c.view, this.held()?.view, r, this.self)
+    if (verdict !== 'older-term') this.seen = { groupId: c.view.groupId, version: Math.max(this.seen.groupId === c.view.groupId ? this.seen.version : 0, c.view.version) }
     if (verdict === 'merge') await this.mergeCatalog(c, via)
     if (verdict !== 'keep') return 'stale'
     await this.keep(c)
@@ -276,19 +278,21 @@ export class ContentService implements ContentHooks, SyncServer {
    */
   private reissueAsLeader (): void {
     const r = this.c.group.roster
-    if (!this.running || r == null || r.leader !== this.self || this.current == null || this.current.view.term >= r.term) return
+    const held = this.held()
+    if (!this.running || r == null || r.leader !== this.self || held == null || held.view.term >= r.term) return
     this.changeLock.run(async () => {
       const now = this.c.group.roster
-      if (this.current == null || now == null || now.leader !== this.self || this.current.view.term >= now.term) return
-      await this.issue(this.current.view.items)
-      this.c.log.info({ term: now.term, items: this.current.view.items.length }, 'catalog signed again in this leader\'s term')
+      const c = this.held()
+      if (c == null || now == null || now.leader !== this.self || c.view.term >= now.term) return
+      await this.issue(c.view.items)
+      this.c.log.info({ term: now.term, items: c.view.items.length }, 'catalog signed again in this leader\'s term')
     }).catch(err => { this.c.log.warn({ err: errorMessage(err) }, 'cannot sign the catalog again in this term') })
   }
 
   /** See receive(): list every item of `theirs` that ours lacks, in a new version above both. */
   private async mergeCatalog (theirs: SignedCatalog, via: string): Promise<void> {
     await this.changeLock.run(async () => {
-      const cur = this.current?.view
+      const cur = this.held()?.view
       // Merged already (the same catalog came twice), or leadership moved on meanwhile.
       if (cur == null || cur.term !== this.c.group.roster?.term || theirs.view.version < cur.version || this.c.group.roster?.leader !== this.self) return
       const mine = cur.items
@@ -345,7 +349,7 @@ export class ContentService implements ContentHooks, SyncServer {
     const r = this.c.group.requireMembership().record.roster
     // Above every version seen, not only the one held: a catalog this host refused as older
     // by term may carry a higher version, and members holding it would refuse ours.
-    const version = Math.max(this.current?.view.version ?? 0, this.seenVersion) + 1
+    const version = Math.max(this.held()?.view.version ?? 0, this.seen.groupId === r.groupId ? this.seen.version : 0) + 1
     const signed = await signCatalog({ groupId: r.groupId, version, items, issuer: this.self, term: r.term }, this.c.privateKey)
     await this.keep(signed)
     await this.c.status.publishCatalog(signed.bytes)
@@ -365,8 +369,19 @@ export class ContentService implements ContentHooks, SyncServer {
     return this.inCatalog(digest) || this.uploading.has(digest)
   }
 
+  /**
+   * The catalog held, if it is this group's. One kept from a group this host has left
+   * counts for nothing in the next: its versions are not that group's (a newer catalog
+   * would be refused as older), and its items are not that group's content. While the
+   * host is in no group, the last catalog still says what it keeps.
+   */
+  private held (): SignedCatalog | undefined {
+    const r = this.c.group.roster
+    return r == null || this.current?.view.groupId === r.groupId ? this.current : undefined
+  }
+
   private inCatalog (digest: string): boolean {
-    return this.current?.view.items.some(i => i.digest === digest) === true
+    return this.held()?.view.items.some(i => i.digest === digest) === true
   }
 
   private hostState (peer: string, hostname: string, item: CatalogItemView): HostItemState {
@@ -399,12 +414,15 @@ export class ContentService implements ContentHooks, SyncServer {
   /** Start fetching what the catalog lists and we lack; delete what it no longer lists. */
   private schedule (): void {
     if (!this.running) return
-    const items = this.current?.view.items ?? []
+    const held = this.held()
+    const items = held?.view.items ?? []
     const wanted = new Set(items.map(i => i.digest))
     for (const [digest, ctl] of this.active) {
       if (!wanted.has(digest)) { ctl.abort(); this.active.delete(digest) }
     }
-    for (const e of this.blobs.list()) {
+    // Without a catalog of this group (just linked, or leading a new one), what is held
+    // stays: the group's catalog decides what to keep once it arrives.
+    for (const e of held == null ? [] : this.blobs.list()) {
       if (!wanted.has(e.digest)) {
         this.blobs.remove(e.digest, { unless: () => this.keeps(e.digest) }).then(removed => {
           if (removed) this.c.log.info({ digest: e.digest }, 'removed content no longer in the catalog')

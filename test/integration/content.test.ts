@@ -140,6 +140,23 @@ describe('content sync between agents in one process', () => {
     const again = await SyncSession.open(outsider.node, peerIdFromString(leader.peerId), 5000)
     await expect(again.have(item.digest)).rejects.toBeInstanceOf(SyncRefusedError)
   })
+  it('a host that leaves for another group takes none of the old group\'s catalog along: it keeps the new group\'s, and one it leads starts empty', async () => {
+    const first = await leader.content.add(chunks(randomBytes(MiB)), { name: 'g1-a', kind: 'file', size: MiB })
+    await leader.content.add(chunks(randomBytes(MiB)), { name: 'g1-b', kind: 'file', size: MiB })
+    await until(() => [f1, f2].every(f => f.content.list().length === 2 && f.content.blobs.has(first.digest)))
+    // f1 leaves and leads a group of its own: its first upload lists that file only.
+    await f1.group.unlink()
+    await f1.group.createToken()
+    const own = await f1.content.add(chunks(randomBytes(MiB)), { name: 'g2-own', kind: 'file', size: MiB })
+    expect(f1.content.list().map(i => i.name)).toEqual(['g2-own'])
+    // f2 leaves and links to f1's group: it takes that group's catalog (version 1, below the
+    // old group's 2), fetches its file, and drops the old group's files.
+    await f2.group.unlink()
+    await f2.group.link((await f1.group.createToken()).token)
+    await until(() => f2.content.blobs.has(own.digest))
+    expect(f2.content.list().map(i => i.name)).toEqual(['g2-own'])
+    await until(() => !f2.content.blobs.has(first.digest))
+  })
 })
 
 describe('a member that serves wrong bytes', () => {
