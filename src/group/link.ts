@@ -7,7 +7,9 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { errorMessage } from '../errors.js'
 import { AGENT_VERSION } from '../version.js'
-import { u8 } from '../util/bytes.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { sameBytes, u8 } from '../util/bytes.js'
+import { rosterCall, RosterRequestType, RosterStatus } from './roster-protocol.js'
 import { JoinError, GroupStateError, TokenError } from './errors.js'
 import { decodeToken, hex, isExpired } from './token.js'
 import { isMember, verifyRoster } from './roster.js'
@@ -94,11 +96,7 @@ export async function linkWithToken (svc: GroupService, tokenText: string): Prom
   }
   if (stored == null) throw new JoinError('the leader\'s offer did not match the token (wrong group or leader); nothing was changed', 'JOIN_OFFER_INVALID', 502)
   let confirmed = final?.status === JoinStatus.OK
-  if (final == null) {
-    // The answer was lost; ask the leader whether we are in its roster.
-    await svc.pullFrom(leader).catch(() => {})
-    confirmed = svc.membership != null && isMember(svc.membership.record.roster, svc.self) && svc.membership.record.roster.groupId === groupId
-  }
+  if (final == null) confirmed = await confirmWithLeader(svc, leader, groupId, stored)
   if (!confirmed) {
     await restore(svc, previous)
     throw new JoinError(`the leader did not commit the join: ${final?.message ?? 'no answer'}`, final != null ? (REFUSALS[final.status] ?? 'JOIN_FAILED') : 'JOIN_UNCONFIRMED', 503)
@@ -111,6 +109,35 @@ export async function linkWithToken (svc: GroupService, tokenText: string): Prom
   }
   svc.c.audit.record('join.completed', { groupId, leader, rosterVersion: stored.record.roster.version })
   return { ...svc.statusFields(), hosts: svc.membership?.record.roster.members.length ?? 0 }
+}
+
+/**
+ * The leader's final answer was lost: ask it for its roster from scratch, not relative to
+ * the offered one, which it may never have committed (an aborted join is followed by a
+ * new key under the same version, with other bytes). The join stands only if the
+ * leader's roster is the offered one, or a later one that lists this host. A leader
+ * that did not commit it answers NOT_MEMBER: this host is not in its roster.
+ */
+async function confirmWithLeader (svc: GroupService, leader: string, groupId: string, offered: Membership): Promise<boolean> {
+  let res
+  try {
+    res = await rosterCall(svc.c.node, peerIdFromString(leader), { type: RosterRequestType.PULL, groupId: u8(Buffer.from(groupId, 'hex')), knownTerm: 0n, knownVersion: 0n }, svc.c.config.group.rpcTimeout)
+  } catch (err) {
+    svc.c.log.warn({ leader, err: errorMessage(err) }, 'cannot ask the leader whether it committed the join')
+    return false
+  }
+  if (res.status !== RosterStatus.ROSTER_OK || res.roster.length === 0) return false
+  if (sameBytes(res.roster, offered.record.bytes)) return true
+  let record
+  try {
+    record = await verifyRoster(res.roster)
+  } catch {
+    return false
+  }
+  if (record.roster.groupId !== groupId || !isMember(record.roster, svc.self)) return false
+  // The leader made another change after ours: take it (and its key) as a pull would.
+  const key = res.groupKey.length > 0 ? decodeKey(res.groupKey) : undefined
+  return await svc.adopt(record, key) === 'adopted' && svc.membership?.record.roster.version === record.roster.version
 }
 
 async function restore (svc: GroupService, previous: Membership | undefined): Promise<void> {

@@ -9,6 +9,7 @@ import { ROSTER_PROTOCOL, rosterCall, RosterRequestType, RosterStatus } from '..
 import { peerIdFromString } from '@libp2p/peer-id'
 import { u8 } from '../../src/util/bytes.js'
 import type { SignedRosterRecord } from '../../src/group/roster.js'
+import type { JoinOffer } from '../../src/group/join-protocol.js'
 import { waitFor } from '../helpers/wait.js'
 
 /** Shortened timers, as serf's testConfig does, so recovery paths run in test time. */
@@ -191,6 +192,42 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
       knownVersion: 0n
     }, 4000)
     expect([res.status, res.roster.length, res.groupKey.length]).toEqual([RosterStatus.NOT_MEMBER, 0, 0])
+  })
+
+  /** The leader's final answer to a join never reaches the joiner; `committed` says whether the leader committed first. */
+  function loseFinalAnswer (committed: boolean): void {
+    const svc = leader.group as unknown as { prepareJoin: (remote: unknown, req: unknown) => Promise<JoinOffer> }
+    const real = svc.prepareJoin.bind(leader.group)
+    svc.prepareJoin = async (remote, req) => {
+      const offer = await real(remote, req)
+      const { commit, abort } = offer
+      if (commit == null || abort == null) return offer
+      return {
+        ...offer,
+        commit: async () => {
+          if (committed) await commit()
+          else await abort('the leader went down before committing')
+          throw new Error('the answer is lost')
+        }
+      }
+    }
+  }
+
+  it('a joiner whose final answer is lost, and whose join the leader did not commit, stays out (the leader signed the same version again for its new key)', async () => {
+    await linkTo(leader, f1)
+    loseFinalAnswer(false)
+    const err = await expectCode(linkTo(leader, f2), 'JOIN_UNCONFIRMED')
+    expect(err.message).toMatch(/did not commit the join/)
+    expect(f2.group.membership).toBeUndefined()
+    expect(leader.group.hosts().map(h => h.hostname).sort()).toEqual(['f1', 'lead'])
+  })
+
+  it('a joiner whose final answer is lost, and whose join the leader committed, is linked', async () => {
+    await linkTo(leader, f1)
+    loseFinalAnswer(true)
+    await linkTo(leader, f2)
+    expect(f2.group.roster?.version).toBe(leader.group.roster?.version)
+    await until(() => [leader, f1, f2].every(a => a.group.hosts().length === 3))
   })
 
   it('a member that was down through two handovers verifies the chain and follows the newest leader', async () => {
