@@ -14,7 +14,7 @@ import type { AuditLog } from '../audit/index.js'
 import type { EdgelinkNode } from '../net/node.js'
 import { errorMessage } from '../errors.js'
 import type { Mutex } from '../util/mutex.js'
-import { u8 } from '../util/bytes.js'
+import { sameBytes, u8 } from '../util/bytes.js'
 import { AGENT_VERSION } from '../version.js'
 import { GroupKey, type RosterRequest, type RosterResponse } from '../wire/roster.js'
 import type { JoinRequest } from '../wire/join.js'
@@ -23,7 +23,7 @@ import { decodeKey } from './key.js'
 import type { GroupKeyMaterial, Membership } from './state.js'
 import type { TokenBook } from './tokens.js'
 import { hex, newGroupId } from './token.js'
-import { isMember, memberOf, nextHandoverChain, signHandover, signRoster, verifyHandover, verifyRoster, type Roster, type RosterMember, type SignedRosterRecord } from './roster.js'
+import { isMember, MAX_MEMBERS, memberOf, nextHandoverChain, signHandover, signRoster, verifyHandover, verifyRoster, type Roster, type RosterMember, type SignedRosterRecord } from './roster.js'
 import { JoinStatus, type JoinLeaderLogic, type JoinOffer } from './join-protocol.js'
 import { response, rosterCall, RosterRequestType, RosterStatus } from './roster-protocol.js'
 import { RosterReplicator } from './replicator.js'
@@ -108,7 +108,7 @@ export class Leader implements JoinLeaderLogic {
       }
       const peer = remote.toString()
       if (isMember(r, peer)) return refuse(JoinStatus.ALREADY_MEMBER, 'this host is already a member of the group', { tokenId })
-      await this.c.tokens.markUsed(tokenId, peer)
+      if (r.members.length >= MAX_MEMBERS) return refuse(JoinStatus.BAD_REQUEST, `the group has ${MAX_MEMBERS} members, the most a group can have; unlink a host first`, { tokenId })
       const next: Roster = {
         ...r,
         version: r.version + 1,
@@ -123,6 +123,15 @@ export class Leader implements JoinLeaderLogic {
         }]
       }
       const signed = await signRoster(next, this.c.privateKey)
+      // Signed first, and read back as every member (and this host at its next start)
+      // will: a roster they would refuse (too large, say) is never offered, and the token
+      // is reserved only for an offer that can be made.
+      try {
+        await verifyRoster(signed.bytes)
+      } catch (err) {
+        return refuse(JoinStatus.BAD_REQUEST, `the group's roster cannot take this host: ${errorMessage(err)}`, { tokenId })
+      }
+      await this.c.tokens.markUsed(tokenId, peer)
       handedOff = true
       let finished = false
       const finish = (): void => { if (!finished) { finished = true; release() } }
@@ -152,8 +161,11 @@ export class Leader implements JoinLeaderLogic {
         },
         abort: async (reason: string) => {
           try {
-            await this.c.tokens.restore(tokenId)
+            // The offer carried the group key: the token is not put back for another try
+            // (each would show the new key to a host that never joins), but revoked.
+            await this.c.tokens.revoke(tokenId, 'a join with it was offered and did not complete')
             this.c.audit.record('join.refused', { peer, reason, tokenId })
+            this.c.audit.record('token.revoked', { tokenId, reason: 'a join with it was offered and did not complete' })
             await this.rekeyAfterOffer(peer, reason)
           } finally {
             finish()
@@ -320,10 +332,18 @@ export function validateJoinRequest (req: JoinRequest): string | undefined {
   if (!HOSTNAME_RE.test(req.hostname)) return 'hostname must be 1-253 letters, digits, dot, dash or underscore'
   if (req.agentVersion.length > 64) return 'agent version is too long'
   if (req.addrs.length > 16) return 'too many addresses'
-  try {
-    for (const a of req.addrs) multiaddr(a)
-  } catch {
-    return 'an address is not a valid multiaddr'
+  for (const a of req.addrs) {
+    let text: string
+    try {
+      text = multiaddr(a).toString()
+    } catch {
+      return 'an address is not a valid multiaddr'
+    }
+    // The roster carries addresses as text: one whose text does not read back as the
+    // same bytes could not be signed into it.
+    let back: Uint8Array | undefined
+    try { back = multiaddr(text).bytes } catch { back = undefined }
+    if (back == null || !sameBytes(back, a)) return `address ${text.slice(0, 80)} does not read back the same from its text form`
   }
   return undefined
 }

@@ -102,8 +102,9 @@ export class TokenBook {
 
   /**
    * Reserve a token for the join being offered: `used`, so no second join can take it,
-   * until confirm() (committed) or restore() (the join did not complete). A token revoked
-   * meanwhile stays revoked, and the join is not committed (see stillReserved).
+   * until confirm() (committed) or revoke() (the join did not complete: the offer showed
+   * the group key, so the token is not put back). A token revoked meanwhile stays
+   * revoked, and the join is not committed (see stillReserved).
    */
   async markUsed (id: string, by: string): Promise<void> {
     const r = await this.db.get(id)
@@ -123,14 +124,6 @@ export class TokenBook {
     if (r == null || r.state !== 'used' || r.reserved !== true) return
     const { reserved: _reserved, ...rest } = r
     await this.db.put(id, rest)
-  }
-
-  /** Put a token back to active when the join it was reserved for did not complete (never one revoked meanwhile). */
-  async restore (id: string): Promise<void> {
-    const r = await this.db.get(id)
-    if (r == null || r.state !== 'used' || r.reserved !== true) return
-    const { usedBy: _usedBy, reserved: _reserved, ...rest } = r
-    await this.db.put(id, { ...rest, state: 'active' })
   }
 
   /**

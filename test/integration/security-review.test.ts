@@ -14,6 +14,9 @@ import type { Membership } from '../../src/group/state.js'
 import { GroupKey, type RosterRequest, type RosterResponse } from '../../src/wire/roster.js'
 import { JoinAck, JoinRequest, JoinResponse, JoinStatus } from '../../src/wire/join.js'
 import { u8 } from '../../src/util/bytes.js'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { loadOrCreateIdentity } from '../../src/identity/index.js'
 
 /**
  * Regression tests for the findings of a security review of the group layer:
@@ -78,9 +81,9 @@ describe('security review: who may hand a member its group key', () => {
 
   /**
    * A group lead, m, r. m is stopped; meanwhile the leader removes r, so the roster
-   * names key 2, which m does not have. `attacker` then gets that roster the way any
-   * host that knows the group id (it is in the gossip topic's name) can: it pulls it
-   * from the leader, with no key. The leader is stopped before m returns, so the
+   * names key 2, which m does not have. `attacker` then gets that roster: r, a former
+   * member, pulls it from the leader (with no key); an outsider is refused the pull and
+   * is handed the roster. The leader is stopped before m returns, so the
    * attacker reaches m first.
    */
   async function memberMissesRotation (attackerName: 'outsider' | 'r'): Promise<{ leader: Stopped, member: Stopped, attacker: Agent, roster: Uint8Array<ArrayBuffer>, version: number, realKey: string, oldKey: string }> {
@@ -101,10 +104,18 @@ describe('security review: who may hand a member its group key', () => {
     const version = L.group.roster?.version ?? 0
     await attacker.node.dial(L.node.getMultiaddrs()[0])
     const pulled = await rosterCall(attacker.node, peer(L), { type: RosterRequestType.PULL, groupId: gidOf(L), knownTerm: 0n, knownVersion: 0n }, 5000)
-    expect(pulled.status).toBe(RosterStatus.ROSTER_OK)
-    expect(pulled.groupKey.length).toBe(0)
+    let roster = pulled.roster
+    if (attackerName === 'outsider') {
+      // PULL answers members and former members only; the outsider gets the roster some
+      // other way (a former member hands it over): what it does with it is tested.
+      expect(pulled.status).toBe(RosterStatus.NOT_MEMBER)
+      roster = u8(L.group.membership?.record.bytes ?? new Uint8Array())
+    } else {
+      expect(pulled.status).toBe(RosterStatus.ROSTER_OK)
+      expect(pulled.groupKey.length).toBe(0)
+    }
     const leader = await stop(L, 'lead')
-    return { leader, member, attacker, roster: pulled.roster, version, realKey, oldKey }
+    return { leader, member, attacker, roster, version, realKey, oldKey }
   }
 
   for (const who of ['outsider', 'r'] as const) {
@@ -408,5 +419,56 @@ describe('review: one link at a time', () => {
     const G = await set.start({ name: 'gg', config: FAST })
     await G.group.link(joined === L1 ? t2 : t1)
     expect(other.group.hosts().map(h => h.hostname).sort()).toEqual(['gg', other === L1 ? 'l1' : 'l2'].sort())
+  })
+})
+
+describe('review: a join offered and not completed, and joins the roster cannot take', () => {
+  const set = new AgentSet()
+  afterEach(async () => { await set.stopAll() })
+
+  it('a token whose join was offered (the key shown) and not completed is revoked: the same host cannot try again for another look at the new key', async () => {
+    const L = await set.start({ name: 'lead', config: FAST })
+    const X = await set.start({ name: 'x', config: FAST })
+    const tok = await L.group.createToken()
+    const t = decodeToken(tok.token)
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const stream = await X.node.dialProtocol(L.node.getMultiaddrs(), JOIN_PROTOCOL)
+      const pb = pbStream(stream, { maxDataLength: MAX_JOIN_RESPONSE_BYTES })
+      await pb.write({ groupId: u8(t.groupId), tokenId: u8(t.tokenId), secret: u8(t.secret), hostname: 'x', agentVersion: '0', addrs: [] }, JoinRequest)
+      const offer = await pb.read(JoinResponse)
+      if (attempt === 0) {
+        expect(offer.status).toBe(JoinStatus.OK)
+        // It says it could not store the offer: the leader ends the join.
+        await pb.write({ persisted: false, message: 'disk full' }, JoinAck)
+        await waitFor(async () => (await L.group.listTokens()).find(v => v.id === tok.id)?.state === 'revoked', { timeout: 5000, what: 'the token to be revoked' })
+      } else {
+        // Before the fix the token was put back, and each try showed the next key.
+        expect([offer.status, offer.groupKey.length]).toEqual([JoinStatus.REVOKED, 0])
+        expect(offer.message).toMatch(/a join with it was offered and did not complete/)
+      }
+      await stream.close().catch(() => {})
+    }
+  })
+
+  it('a group at its 256 members refuses a join before reserving the token, with a message', async () => {
+    // Its 255 other members are made up and unreachable: the leader does not keep redialling them meanwhile.
+    // A leader busy with so many members answered a join in up to 3 s here: generous timeouts.
+    const slow = { dialTimeout: 20_000, rpcTimeout: 20_000, joinTimeout: 20_000 }
+    const L = await set.start({ name: 'lead', config: { group: { ...FAST.group, ...slow, reconnectInterval: 600_000, antiEntropyInterval: 600_000 } } })
+    const J = await set.start({ name: 'j', config: { group: { ...FAST.group, ...slow } } })
+    await L.group.createToken()
+    const m = L.group.membership
+    if (m == null) throw new Error('no group')
+    const others = await Promise.all(Array.from({ length: 255 }, async (_, i) => ({
+      peerId: peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString(), hostname: `h${i}`, addresses: [], role: 'follower' as const, joinedAt: Date.now(), agentVersion: '0'
+    })))
+    const identity = await loadOrCreateIdentity(L.paths.identityKey)
+    const full = await signRoster({ ...m.record.roster, version: m.record.roster.version + 1, members: [...m.record.roster.members, ...others] }, identity.privateKey)
+    await L.group.store({ record: full, key: m.key }, { quiet: true })
+    const tok = await L.group.createToken()
+    const err = await J.group.link(tok.token).then(() => undefined, (e: unknown) => e as Error & { code?: string })
+    expect([err?.code, err?.message]).toEqual(['BAD_REQUEST', 'the leader refused: the group has 256 members, the most a group can have; unlink a host first'])
+    expect((await L.group.listTokens()).find(v => v.id === tok.id)?.state).toBe('active')
+    expect(J.group.membership).toBeUndefined()
   })
 })

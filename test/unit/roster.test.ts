@@ -15,6 +15,8 @@ import {
 import { RosterError } from '../../src/group/errors.js'
 import { hex, newGroupId } from '../../src/group/token.js'
 import { Role, RosterBody, SignedHandover, SignedRoster } from '../../src/wire/roster.js'
+import { validateJoinRequest } from '../../src/group/leader.js'
+import { multiaddr } from '@multiformats/multiaddr'
 
 interface Host { key: PrivateKey, id: string }
 
@@ -442,5 +444,23 @@ describe('GroupStore', () => {
       await store.close()
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('validateJoinRequest: a joiner\'s addresses', () => {
+  const base = { groupId: new Uint8Array(16), tokenId: new Uint8Array(8), secret: new Uint8Array(16), hostname: 'h', agentVersion: '0' }
+
+  it('refuses an address whose text form does not read back as the same bytes (the roster carries the text), before any token is looked at', () => {
+    // /dns4/"a/ip4"/tcp/1234: valid bytes, whose text reads back as other bytes.
+    const odd = Uint8Array.from([0x36, 5, ...Buffer.from('a/ip4'), 0x06, 0x04, 0xd2])
+    expect(validateJoinRequest({ ...base, addrs: [odd] })).toMatch(/^address \/dns4\/a\/ip4\/tcp\/1234 does not read back the same from its text form$/)
+  })
+
+  it('accepts ordinary addresses, and refuses garbage bytes with a message', () => {
+    expect(validateJoinRequest({ ...base, addrs: [multiaddr('/ip4/10.0.0.1/tcp/4100').bytes, multiaddr('/dns4/host.lan/tcp/4100').bytes] })).toBeUndefined()
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 40 }), (bytes) => {
+      const r = validateJoinRequest({ ...base, addrs: [bytes] })
+      if (r !== undefined) expect(r).toMatch(/^(an address is not a valid multiaddr|address .* does not read back the same from its text form)$/)
+    }))
   })
 })

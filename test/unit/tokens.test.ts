@@ -140,29 +140,19 @@ describe('TokenBook', () => {
     expect((await book.list(T0 + 1))[0]).toMatchObject({ state: 'used', usedBy: 'peer-a' })
   })
 
-  it('restore makes a used token usable again and forgets who used it', async () => {
+  it('a reserved token whose join did not complete is revoked, with the reason, and never active again', async () => {
     const { book } = await freshBook()
     const { record, secret } = await book.create(GROUP, TTL, T0)
     await book.markUsed(record.id, 'peer-a')
-    await book.restore(record.id)
-    expect((await book.check(record.id, GROUP, secret, T0 + 1)).ok).toBe(true)
-    const view = (await book.list(T0 + 1))[0]
-    expect(view.state).toBe('active')
-    expect(view).not.toHaveProperty('usedBy')
+    await book.revoke(record.id, 'a join with it was offered and did not complete')
+    expect(failure(await book.check(record.id, GROUP, secret, T0 + 1)).message).toBe('this token was revoked (a join with it was offered and did not complete); ask the leader for a new token')
+    await book.confirm(record.id)
+    expect((await book.list(T0 + 1))[0]).toMatchObject({ state: 'revoked' })
   })
 
-  it('restore does not bring back a revoked token', async () => {
-    const { book } = await freshBook()
-    const { record, secret } = await book.create(GROUP, TTL, T0)
-    await book.revoke(record.id, 'by operator')
-    await book.restore(record.id)
-    expect(failure(await book.check(record.id, GROUP, secret, T0 + 1)).status).toBe('REVOKED')
-  })
-
-  it('markUsed and restore of an unknown id change nothing', async () => {
+  it('markUsed of an unknown id changes nothing', async () => {
     const { book } = await freshBook()
     await book.markUsed('0000000000000000', 'peer-a')
-    await book.restore('0000000000000000')
     expect(await book.list(T0)).toEqual([])
   })
 
@@ -214,7 +204,7 @@ describe('TokenBook', () => {
     expect((await book.get(b.record.id))?.revokedReason).toBeUndefined()
   })
 
-  it('a token reserved by a join still being offered can be revoked, and then is neither restored nor confirmed', async () => {
+  it('a token reserved by a join still being offered can be revoked, and then is not confirmed', async () => {
     const { book } = await freshBook()
     const a = await book.create(GROUP, TTL, T0)
     await book.markUsed(a.record.id, 'peer-a')
@@ -222,15 +212,9 @@ describe('TokenBook', () => {
     expect(await book.stillReserved(a.record.id, 'peer-x')).toBe(false)
     expect(await book.revoke(a.record.id, 'leaked')).toMatchObject({ state: 'revoked', revokedReason: 'leaked' })
     expect(await book.stillReserved(a.record.id, 'peer-a')).toBe(false)
-    // The join that reserved it ends either way: neither brings the token back.
-    await book.restore(a.record.id)
+    // The join that reserved it ends: a confirm does not bring the token back.
     await book.confirm(a.record.id)
     expect(failure(await book.check(a.record.id, GROUP, a.secret, T0 + 1)).status).toBe('REVOKED')
-    // A reservation that ends without a revocation puts the token back.
-    const b = await book.create(GROUP, TTL, T0)
-    await book.markUsed(b.record.id, 'peer-b')
-    await book.restore(b.record.id)
-    expect((await book.check(b.record.id, GROUP, b.secret, T0 + 1)).ok).toBe(true)
   })
 
   it('revokeAll revokes every active token and counts them', async () => {
