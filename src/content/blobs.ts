@@ -84,6 +84,8 @@ export class BlobStore {
   private readonly reads = new ReadHandles()
   /** Serialises index changes (records, renames); never held while hashing or copying a whole file. */
   private readonly lock = new Mutex()
+  /** Uploads under way, with the bytes each has yet to write (see ingest). */
+  private readonly uploads = new Set<{ left: number }>()
 
   constructor (root: string, db: Sublevel<unknown>, log: Logger, opts: BlobStoreOptions = {}) {
     this.root = root
@@ -173,13 +175,33 @@ export class BlobStore {
   async ingest (source: AsyncIterable<Uint8Array>, opts: IngestOptions = {}): Promise<ManifestView> {
     const { signal, expectedSize } = opts
     signal?.throwIfAborted()
+    // What this upload has yet to write counts against the space others may take (see
+    // reserved()), as an open transfer's does: two uploads that each fit, but not both,
+    // would otherwise both start and one fail with ENOSPC gigabytes in.
+    const upload = { left: 0 }
     if (expectedSize != null) {
       if (!Number.isSafeInteger(expectedSize) || expectedSize < 0) throw new BadRequestError(`expected size ${expectedSize} is not a byte count`, 'SIZE_INVALID')
       if (expectedSize > MAX_CONTENT_SIZE) throw tooLarge(expectedSize)
-      await this.ensureSpace(expectedSize)
+      const free = await this.getFreeSpace()
+      // From here to the add, nothing awaits: a concurrent upload sees this one reserved.
+      const have = Math.max(0, free - this.reserved())
+      if (expectedSize > have) throw new InsufficientSpaceError(expectedSize, have)
+      upload.left = expectedSize
+      this.uploads.add(upload)
     }
     const tmp = join(this.dirs.tmp, randomBytes(8).toString('hex'))
-    const manifest = await receive(source, tmp, opts, this.log)
+    let manifest: ManifestView
+    try {
+      manifest = await receive(source, tmp, {
+        ...opts,
+        onProgress: (bytes) => {
+          if (expectedSize != null) upload.left = Math.max(0, expectedSize - bytes)
+          opts.onProgress?.(bytes)
+        }
+      }, this.log)
+    } finally {
+      this.uploads.delete(upload)
+    }
     try {
       return await this.lock.run(async () => {
         const stored = await this.commitUpload(tmp, manifest)
@@ -295,9 +317,10 @@ export class BlobStore {
     if (need > have) throw new InsufficientSpaceError(need, have)
   }
 
-  /** Bytes the open transfers (other than `except`) have yet to write. */
+  /** Bytes the open transfers (other than `except`) and the uploads under way have yet to write. */
   private reserved (except?: string): number {
     let n = 0
+    for (const u of this.uploads) n += u.left
     for (const e of this.index.values()) {
       if (e.digest !== except && e.state === 'partial' && e.open != null && !e.open.isClosed) n += missingBytes(e.manifest, e.open.heldBitmap())
     }

@@ -67,6 +67,11 @@ export class OpenPartial implements PartialBlob {
   private readonly inflight = new Set<Promise<void>>()
   private readonly flushLock = new Mutex()
   private closed = false
+  /**
+   * A datasync failed: this transfer takes no more chunks and records none (see flush).
+   * A new one starts from the durable bitmap.
+   */
+  private failed: Error | undefined
   /** SHA-256 of chunks [0, prefix) as read back from the file (see the top of this file). */
   private whole: Hash = createHash('sha256')
   private prefix = 0
@@ -126,6 +131,7 @@ export class OpenPartial implements PartialBlob {
       throw new ChunkMismatchError(`chunk ${index} of ${this.digest} does not match its hash in the manifest; fetch it again, from another peer if it repeats`)
     }
     if (this.done || getBit(this.held, index)) return
+    if (this.failed != null) throw this.failed
     const fh = this.openHandle()
     const write = writeFully(fh, data, index * this.manifest.chunkSize)
     this.inflight.add(write)
@@ -172,9 +178,22 @@ export class OpenPartial implements PartialBlob {
 
   async flush (): Promise<void> {
     await this.flushLock.run(async () => {
+      if (this.failed != null) throw this.failed
       if (this.done || this.closed || this.pending.size === 0) return
       const batch = [...this.pending]
-      await this.openHandle().datasync()
+      try {
+        await this.openHandle().datasync()
+      } catch (err) {
+        // Linux reports a failed writeback once per open file, and marks the pages clean:
+        // a second datasync would succeed with the bytes lost. So these chunks are not
+        // held, and this transfer is done with.
+        for (const i of batch) {
+          this.pending.delete(i)
+          if (getBit(this.held, i)) { clearBit(this.held, i); this.count-- }
+        }
+        this.failed = err instanceof Error ? err : new Error(String(err))
+        throw this.failed
+      }
       // Only now, with the bytes on disk, may the bitmap say so.
       for (const i of batch) {
         this.pending.delete(i)
@@ -215,7 +234,13 @@ export class OpenPartial implements PartialBlob {
       this.host.log.warn({ digest: this.digest, chunks: bad.length }, 'whole-file digest mismatch; chunks unmarked for fetching again')
       throw new DigestMismatchError(`${this.digest} does not match its digest after all chunks were written (${bad.length} of ${this.manifest.chunks.length} chunks unmarked); the transfer will fetch them again`)
     }
-    await fh.sync()
+    try {
+      await fh.sync()
+    } catch (err) {
+      // As in flush: a retry on this handle could succeed with nothing on disk.
+      this.failed = err instanceof Error ? err : new Error(String(err))
+      throw this.failed
+    }
     await this.host.promote(this.entry)
   }
 

@@ -39,6 +39,9 @@ export interface SyncComponents {
 
 type Listener = [string, (evt: CustomEvent) => void]
 
+/** Peers whose last connection time is kept before non-members are forgotten (members are at most 256). */
+export const MAX_LAST_SEEN = 1024
+
 export class MembershipSync {
   private readonly c: SyncComponents
   private readonly lastSeen = new Map<string, number>()
@@ -62,12 +65,12 @@ export class MembershipSync {
   start (): void {
     this.on('connection:open', (evt) => {
       const peer = (evt.detail as { remotePeer: PeerId }).remotePeer.toString()
-      this.lastSeen.set(peer, Date.now())
+      this.seen(peer)
       // Both sides dial, so a pair often opens two connections at once: one pull is enough.
       if (this.c.isMemberPeer(peer) && !pulledRecently(this.pulledAt, peer)) this.pullSoon(peer)
     })
     this.on('connection:close', (evt) => {
-      this.lastSeen.set((evt.detail as { remotePeer: PeerId }).remotePeer.toString(), Date.now())
+      this.seen((evt.detail as { remotePeer: PeerId }).remotePeer.toString())
     })
     this.on('peer:discovery', (evt) => {
       const peer = (evt.detail as { id: PeerId }).id
@@ -98,6 +101,18 @@ export class MembershipSync {
     this.knownGroup = r.groupId
     await this.rememberAddresses(r)
     this.reconnect()
+  }
+
+  /**
+   * Note a connection to `peer` opening or closing. Every peer, since a host may connect
+   * before it is a member (a joiner); but any host on the LAN may connect under a new
+   * PeerId each time, so past MAX_LAST_SEEN entries those of non-members go.
+   */
+  private seen (peer: string): void {
+    this.lastSeen.set(peer, Date.now())
+    if (this.lastSeen.size > MAX_LAST_SEEN) {
+      for (const p of this.lastSeen.keys()) if (!this.c.isMemberPeer(p)) this.lastSeen.delete(p)
+    }
   }
 
   /** When a connection to `peer` last opened or closed (ms since the epoch). */

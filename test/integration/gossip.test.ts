@@ -129,10 +129,15 @@ describe('group gossip: status, liveness, key rotation', () => {
     expect(ev).toMatchObject({ hostname: 'f1', seq: expect.any(String), settings: { version: expect.any(Number), state: expect.any(String) } })
     expect(Date.parse(ev.receivedAt)).toBeGreaterThanOrEqual(Date.parse(ev.statusAt))
     const f2Id = f2.peerId
+    // Only what follows the stop: with liveness in hundreds of ms, a loaded machine can
+    // make f2 flap (suspect, alive) before it, and a "down" then must not end the wait.
+    const from = lines.length
     await f2.stop()
     set.agents.splice(set.agents.indexOf(f2), 1)
-    await until(() => lines.some(l => l.type === 'liveness' && l.peer === f2Id && l.to === 'down'), 5000)
-    expect(lines.filter(l => l.type === 'liveness' && l.peer === f2Id).map(l => l.to)).toEqual(['suspect', 'down'])
+    const changes = (): unknown[] => lines.slice(from).filter(l => l.type === 'liveness' && l.peer === f2Id).map(l => l.to)
+    await until(() => changes().includes('down'), 5000)
+    // Through suspect, unless f2 was suspect already when it stopped.
+    expect(changes()).toEqual(lines.slice(0, from).filter(l => l.type === 'liveness' && l.peer === f2Id).at(-1)?.to === 'suspect' ? ['down'] : ['suspect', 'down'])
     await leader.stop()
     set.agents.splice(set.agents.indexOf(leader), 1)
     await until(() => ended, 5000)

@@ -7,7 +7,10 @@
  */
 import { describe, expect, it } from 'vitest'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
+import { pino } from 'pino'
+import { MAX_LAST_SEEN, MembershipSync } from '../../src/group/sync.js'
+import { testConfig } from '../helpers/agents.js'
 import type { PeerId } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { MAX_PEER_ENTRIES, PeerTable } from '../../src/net/peers.js'
@@ -43,5 +46,38 @@ describe('PeerTable', () => {
     expect(ids.has(member.toString())).toBe(true)
     expect(listed.find(e => e.peerId === member.toString())?.connected).toBe(true)
     table.stop()
+  })
+})
+
+describe('MembershipSync: when connections to members were last seen', () => {
+  it('stays within MAX_LAST_SEEN under a stream of new PeerIds, and keeps the members\' times', async () => {
+    const node = Object.assign(new EventTarget(), { peerId: await newPeer(), getConnections: () => [], services: {} }) as unknown as EdgelinkNode
+    const member = (await newPeer()).toString()
+    const sync = new MembershipSync({
+      node,
+      config: testConfig('t'),
+      log: pino({ level: 'silent' }),
+      self: node.peerId.toString(),
+      membership: () => undefined,
+      isMemberPeer: (p) => p === member,
+      wasMember: () => false,
+      adopt: async () => 'idle'
+    })
+    sync.start()
+    try {
+      const event = (name: string, peer: PeerId): void => { node.dispatchEvent(new CustomEvent(name, { detail: { remotePeer: peer } })) }
+      // A joiner connects before it is a member: its time is kept.
+      event('connection:open', peerIdFromString(member))
+      for (let i = 0; i < MAX_LAST_SEEN + 100; i++) {
+        const p = await newPeer()
+        event('connection:open', p)
+        event('connection:close', p)
+      }
+      const kept = (sync as unknown as { lastSeen: Map<string, number> }).lastSeen
+      expect(kept.size).toBeLessThanOrEqual(MAX_LAST_SEEN)
+      expect(sync.seenAt(member)).toBeTypeOf('number')
+    } finally {
+      sync.stop()
+    }
   })
 })
