@@ -42,6 +42,12 @@ export interface FetchOptions {
   maxFaults: number
   /** How long a faulty member is left out. */
   banMs: number
+  /**
+   * How long the fetch waits while no member holds (or is fetching) any chunk still
+   * missing here, before it ends with an error that says so (the service shows it and
+   * tries again): otherwise an item nobody can serve shows "syncing" for ever.
+   */
+  noSourceMs: number
 }
 
 export interface FetchDeps {
@@ -84,6 +90,10 @@ export class ItemFetch {
   /** A local failure (see stop()) that ends the fetch. */
   private failure: { err: unknown } | undefined
   private unflushed = 0
+  /** When a member last held, or was fetching, a chunk missing here (or a chunk was in flight). */
+  private sourceSeen = monotonicMs()
+  /** The last failed GET_HAVE answer, per member: said when no member can serve. */
+  private readonly haveErrors = new Map<string, string>()
   private lastFlush = monotonicMs()
   private readonly signal: AbortSignal
 
@@ -104,6 +114,7 @@ export class ItemFetch {
       while (this.partial.missing().length > 0) {
         if (this.failure != null) throw this.failure.err
         if (this.signal.aborted) throw new Error('fetch cancelled')
+        if (monotonicMs() - this.sourceSeen > this.o.noSourceMs) throw this.noSource()
         const changed = new Promise<void>(resolve => { this.wake = resolve })
         this.spawnWorkers()
         await changed
@@ -127,15 +138,25 @@ export class ItemFetch {
         const { have, fetching } = await session.haveAndFetching(digest)
         this.have.set(peer, have)
         this.fetchingAt.set(peer, fetching)
-      } catch {
+        this.haveErrors.delete(peer)
+      } catch (err) {
         this.have.delete(peer)
         this.fetchingAt.delete(peer)
+        this.haveErrors.set(peer, err instanceof SyncRefusedError ? err.message : errorMessage(err))
       } finally {
         session?.close()
       }
     }))
     this.countHolders()
+    if (this.inFlight.size > 0 || this.partial.missing().some(i => this.rarity[i] > 0)) this.sourceSeen = monotonicMs()
     this.wake()
+  }
+
+  private noSource (): Error {
+    const missing = this.partial.missing().length
+    const asked = this.d.peers().length
+    const last = [...this.haveErrors.values()].at(-1)
+    return new Error(`no member holds the ${missing} missing chunk${missing === 1 ? '' : 's'} of ${this.partial.digest} (asked ${asked} member${asked === 1 ? '' : 's'} for ${Math.round(this.o.noSourceMs / 1000)} s${last != null ? `; last answer: ${last.slice(0, 160)}` : ''}); it is tried again, and completes once a member holds the file`)
   }
 
   private countHolders (): void {

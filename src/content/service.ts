@@ -70,7 +70,7 @@ export interface ContentItemView extends CatalogItemView {
 
 interface LocalState { state: ItemState, error?: string }
 
-const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 250, maxFaults: 3, banMs: 60_000 }
+const DEFAULT_FETCH: FetchOptions = { perPeer: 4, total: 16, chunkTimeoutMs: 10_000, haveIntervalMs: 250, maxFaults: 3, banMs: 60_000, noSourceMs: 30_000 }
 
 export class ContentService implements ContentHooks, SyncServer {
   private readonly c: ContentComponents
@@ -444,7 +444,9 @@ export class ContentService implements ContentHooks, SyncServer {
   private fetch (item: CatalogItemView): void {
     const ctl = new AbortController()
     this.active.set(item.digest, ctl)
-    this.local.set(item.digest, { state: 'syncing' })
+    // A retry keeps the error it follows until a chunk arrives (see progress below): an
+    // item that fails every time does not flash "syncing" between its errors.
+    if (this.local.get(item.digest)?.state !== 'error') this.local.set(item.digest, { state: 'syncing' })
     const run = this.fetchItem(item, ctl.signal).then(() => {
       this.local.delete(item.digest)
       this.c.log.info({ digest: item.digest, name: item.name }, 'content complete')
@@ -479,6 +481,7 @@ export class ContentService implements ContentHooks, SyncServer {
         received: (peer, n) => { this.traffic.received.set(peer, (this.traffic.received.get(peer) ?? 0) + n) },
         fault: (peer) => { this.traffic.faults.set(peer, (this.traffic.faults.get(peer) ?? 0) + 1) },
         progress: () => {
+          if (this.local.get(item.digest)?.state === 'error') this.local.set(item.digest, { state: 'syncing' })
           // Progress in status at most twice a second: others see "syncing N%" without a message per chunk.
           if (monotonicMs() - lastPublish > 500) { lastPublish = monotonicMs(); void this.c.status.publish(true) }
         }

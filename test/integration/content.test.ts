@@ -224,6 +224,27 @@ describe('faults while fetching', () => {
     expect(fileDigest(fetcher.content.blobs.path(item.digest))).toBe(item.digest)
   })
 
+  it('a transfer no member can serve any more shows an error saying so (not "syncing" for ever), and completes once a member holds the file again', async () => {
+    const { leader, other, fetcher } = await group({ contentTuning: { noSourceMs: 1500, chunkTimeoutMs: 1000 } })
+    await other.stop()
+    set.agents.splice(set.agents.indexOf(other), 1)
+    // The leader answers what it holds, but no chunk: the fetcher has the manifest and a partial file.
+    leader.content.blobs.readChunk = async () => await new Promise<never>(() => {})
+    const data = randomBytes(6 * MiB)
+    const item = await leader.content.add(chunks(data), { name: 'img', kind: 'file', size: data.length })
+    await until(() => fetcher.content.blobs.list().some(e => e.digest === item.digest))
+    const dir = leader.paths.root
+    await leader.stop()
+    set.agents.splice(set.agents.indexOf(leader), 1)
+    const mine = (): { state: string, error?: string } | undefined => fetcher.content.list()[0]?.hosts.find(h => h.peerId === fetcher.peerId)
+    await until(() => mine()?.state === 'error', 20_000)
+    expect(mine()?.error).toMatch(new RegExp(`^no member holds the 6 missing chunks of ${item.digest} \\(asked 2 members for 2 s; last answer: .+\\); it is tried again, and completes once a member holds the file$`))
+    await set.start({ name: 'lead', dataDir: dir, config: FAST })
+    await until(() => fetcher.content.blobs.has(item.digest), 30_000)
+    expect(fileDigest(fetcher.content.blobs.path(item.digest))).toBe(item.digest)
+    expect(mine()?.state).toBe('complete')
+  })
+
   it('a member that stalls is abandoned after the chunk timeout and the chunks are fetched elsewhere', async () => {
     const { leader, other, fetcher } = await group({ contentTuning: { chunkTimeoutMs: 800 } })
     await fetcher.stop()
