@@ -385,6 +385,14 @@ describe('link refuses bad tokens and changes nothing on either side', () => {
     expect(err.message).toMatch(/expired at/)
   })
 
+  it('a token this host\'s clock takes for expired (the clock is ahead) but the leader\'s record does not: the leader decides, and the host links', async () => {
+    const { token } = await leader.group.createToken()
+    // As a clock three minutes ahead sees a two-minute token.
+    const ahead = encodeToken({ ...decodeToken(token), expiresAt: Date.now() - 60_000 })
+    await f.group.link(ahead)
+    expect(f.group.roster?.groupId).toBe(leader.group.roster?.groupId)
+  })
+
   it('a used token', async () => {
     const { token } = await leader.group.createToken()
     await f.group.link(token)
