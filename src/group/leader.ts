@@ -220,14 +220,22 @@ export class Leader implements JoinLeaderLogic {
       } catch (err) {
         throw new GroupStateError(`cannot reach ${target.hostname} to hand over leadership (${errorMessage(err)}); check it is running, or choose another follower`, 'TARGET_UNREACHABLE', 503)
       }
-      if (res.status === RosterStatus.ROSTER_NO_QUORUM) throw new GroupStateError(res.message, 'NO_QUORUM', 503)
-      if (res.status !== RosterStatus.ROSTER_OK) throw new GroupStateError(`${target.hostname} refused leadership: ${res.message}`, 'HANDOVER_REFUSED', 409)
-      if (res.roster.length > 0) await this.c.adopt(await verifyRoster(res.roster), undefined)
       // Tokens are the leader's: the new one cannot list or revoke these, and they would
-      // work again if leadership came back here. None outlives the handover.
-      const revoked = await this.c.tokens.revokeAll('leadership was handed over')
-      if (revoked > 0) this.c.audit.record('token.revoked', { count: revoked, reason: 'leadership was handed over' })
-      this.c.audit.record('leader.changed', { groupId: cur.groupId, term: cur.term + 1, from: self, to: target.peerId, reason: 'relinquished' })
+      // work again if leadership came back here. None outlives the handover, whatever the
+      // answer: a target that stored the new term without a majority may still have
+      // pushed it here (this host follows it then), and that handover stands.
+      const handedOver = async (): Promise<void> => {
+        const revoked = await this.c.tokens.revokeAll('leadership was handed over')
+        if (revoked > 0) this.c.audit.record('token.revoked', { count: revoked, reason: 'leadership was handed over' })
+        this.c.audit.record('leader.changed', { groupId: cur.groupId, term: cur.term + 1, from: self, to: target.peerId, reason: 'relinquished' })
+      }
+      if (res.status !== RosterStatus.ROSTER_OK) {
+        if (this.c.membership()?.record.roster.leader !== self) await handedOver()
+        if (res.status === RosterStatus.ROSTER_NO_QUORUM) throw new GroupStateError(res.message, 'NO_QUORUM', 503)
+        throw new GroupStateError(`${target.hostname} refused leadership: ${res.message}`, 'HANDOVER_REFUSED', 409)
+      }
+      if (res.roster.length > 0) await this.c.adopt(await verifyRoster(res.roster), undefined)
+      await handedOver()
       const now = this.c.membership()?.record.roster
       return { leader: now?.leader ?? target.peerId, term: now?.term ?? cur.term + 1, dissolved: false }
     })

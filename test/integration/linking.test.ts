@@ -313,6 +313,16 @@ describe('linking hosts (in-process agents on 127.0.0.1)', () => {
     return { f3, v }
   }
 
+  it('a handover the target stored without a majority, but pushed to the old leader, still revokes the old leader\'s tokens', async () => {
+    const { f3 } = await fourWithTwoDeaf() // f1 and f2 take no pushes: f3 and the old leader make 2 of 4
+    const tok = await leader.group.createToken()
+    await expectCode(leader.group.relinquish('f3'), 'NO_QUORUM')
+    await until(() => leader.group.roster?.leader === f3.peerId)
+    // Before the fix the token stayed active here, and would work again if leadership came back.
+    expect((await leader.group.listTokens()).find(t => t.id === tok.id)).toMatchObject({ state: 'revoked', revokedReason: 'leadership was handed over' })
+    expect(auditEvents(leader).some(e => e.event === 'leader.changed')).toBe(true)
+  })
+
   it('a push that misses its majority keeps the new roster on the leader, says so, and the roster reaches the others by pull', async () => {
     const { v } = await fourWithTwoDeaf()
     const err = await expectCode(leader.group.unlink('f3'), 'NO_QUORUM')
