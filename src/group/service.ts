@@ -311,7 +311,16 @@ export class GroupService implements JoinLeaderLogic, RosterLogic {
     const followers = r.members.filter(x => x.peerId !== this.self)
     if (followers.length === 0) {
       if (to != null) throw new NotFoundError(`this group has no followers to hand leadership to; \`edgelink leader relinquish\` without --to dissolves it`, 'UNKNOWN_HOST')
-      await this.changeLock.run(async () => { await this.dissolve('relinquished by operator') })
+      // Checked again under the lock: a join offered before (it holds the lock) may have
+      // been committed meanwhile, and dissolving then would leave its host without a leader.
+      const joined = await this.changeLock.run(async () => {
+        const now = this.member?.record.roster
+        if (now == null || now.leader !== this.self) return 0
+        if (now.members.length > 1) return now.members.length - 1
+        await this.dissolve('relinquished by operator')
+        return 0
+      })
+      if (joined > 0) throw new GroupStateError(`a host joined this group while it was being dissolved, so it was not; it has ${joined} follower(s) now: hand leadership over with \`edgelink leader relinquish --to HOST\``, 'NOT_IDLE', 409)
       return { leader: null, term: null, dissolved: true }
     }
     if (to == null) {

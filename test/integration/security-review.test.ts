@@ -472,3 +472,33 @@ describe('review: a join offered and not completed, and joins the roster cannot 
     expect(J.group.membership).toBeUndefined()
   })
 })
+
+describe('review: dissolving a group of one while a join to it is offered', () => {
+  const set = new AgentSet()
+  afterEach(async () => { await set.stopAll() })
+
+  it('relinquish waits for the join, then refuses to dissolve a group that has a follower now; the joiner keeps its leader', async () => {
+    const L = await set.start({ name: 'lead', config: FAST })
+    const J = await set.start({ name: 'j', config: FAST })
+    const tok = await L.group.createToken()
+    // The joiner holds the offer a moment before storing it: the leader's lock is held meanwhile.
+    let release!: () => void
+    const gate = new Promise<void>(resolve => { release = resolve })
+    let offered!: () => void
+    const offer = new Promise<void>(resolve => { offered = resolve })
+    const svc = J.group as unknown as { store: (m: Membership, o?: { quiet?: boolean }) => Promise<void> }
+    const store = svc.store.bind(J.group)
+    svc.store = async (m, o) => { offered(); await gate; await store(m, o) }
+    const linking = J.group.link(tok.token)
+    await offer
+    const relinquishing = L.group.relinquish().then(() => undefined, (e: unknown) => e as Error & { code?: string })
+    release()
+    await linking
+    const err = await relinquishing
+    // Before the fix the leader went idle here, and its new follower had no leader.
+    expect(err?.code).toBe('NOT_IDLE')
+    expect(err?.message).toMatch(/a host joined this group while it was being dissolved/)
+    expect(L.group.roster?.leader).toBe(L.peerId)
+    expect(L.group.hosts().map(h => h.hostname).sort()).toEqual(['j', 'lead'])
+  })
+})
