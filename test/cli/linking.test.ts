@@ -56,6 +56,7 @@ const refusals = new Map<string, string>()
 /** The token h2 linked with, and one the operator revoked (both on h1). */
 let usedToken = ''
 let revokedToken = ''
+let expiredToken = ''
 
 beforeAll(async () => {
   assertBuilt()
@@ -324,6 +325,7 @@ describe('edgelink link', () => {
       const t = await createToken(agents.h1, ['--ttl', '1s'])
       const exp = Date.parse(t.expiresAt)
       await waitFor(() => Date.now() > exp + 20, 'the 1s token to expire', 5_000)
+      expiredToken = t.token
       await expectLinkRefused('expired', agents.h3, t.token, /expired/, { secrets: secretForms(t.token) })
     })
 
@@ -534,13 +536,15 @@ describe('audit.log', () => {
     // Every issued token exactly once; the refused --ttl values issued nothing.
     expect(of('token.issued').map(e => e.tokenId).sort()).toEqual(issued.h1.map(idOf).sort())
     expect(of('join.accepted').map(e => e.peer).sort()).toEqual([agents.h2.peerId, agents.h3.peerId].sort())
-    // The leader saw two of the refused links (the others failed before reaching it).
+    // The leader saw three of the refused links (the others failed before reaching it;
+    // an expired one reaches it: the leader decides expiry, not the joiner's clock).
     // The operator's revocation, then the handover's: every token still active when h1 handed over.
     expect(of('token.revoked')).toEqual([
       expect.objectContaining({ tokenId: idOf(revokedToken), reason: 'operator' }),
       expect.objectContaining({ reason: 'leadership was handed over', count: expect.any(Number) })
     ])
     expect(of('join.refused').map(e => ({ reason: e.reason, tokenId: e.tokenId, peer: e.peer })).sort((a, b) => String(a.reason).localeCompare(String(b.reason)))).toEqual([
+      { reason: 'EXPIRED', tokenId: idOf(expiredToken), peer: agents.h3.peerId },
       { reason: 'REVOKED', tokenId: idOf(revokedToken), peer: agents.h3.peerId },
       { reason: 'USED', tokenId: idOf(usedToken), peer: agents.h3.peerId }
     ])
