@@ -182,12 +182,7 @@ export class BlobStore {
     if (expectedSize != null) {
       if (!Number.isSafeInteger(expectedSize) || expectedSize < 0) throw new BadRequestError(`expected size ${expectedSize} is not a byte count`, 'SIZE_INVALID')
       if (expectedSize > MAX_CONTENT_SIZE) throw tooLarge(expectedSize)
-      const free = await this.getFreeSpace()
-      // From here to the add, nothing awaits: a concurrent upload sees this one reserved.
-      const have = Math.max(0, free - this.reserved())
-      if (expectedSize > have) throw new InsufficientSpaceError(expectedSize, have)
-      upload.left = expectedSize
-      this.uploads.add(upload)
+      await this.ensureSpace(expectedSize, undefined, () => { upload.left = expectedSize; this.uploads.add(upload) })
     }
     const tmp = join(this.dirs.tmp, randomBytes(8).toString('hex'))
     let manifest: ManifestView
@@ -312,9 +307,12 @@ export class BlobStore {
    * write: partial files are sparse, so free space alone would let two transfers that
    * each fit, but not both, start and then fail halfway.
    */
-  private async ensureSpace (need: number, except?: string): Promise<void> {
-    const have = await this.available(except)
+  private async ensureSpace (need: number, except?: string, reserve?: () => void): Promise<void> {
+    const free = await this.getFreeSpace()
+    // From the check to `reserve`, nothing awaits: a concurrent caller sees this one reserved.
+    const have = Math.max(0, free - this.reserved(except))
     if (need > have) throw new InsufficientSpaceError(need, have)
+    reserve?.()
   }
 
   /** Bytes the open transfers (other than `except`) and the uploads under way have yet to write. */

@@ -191,8 +191,7 @@ export class OpenPartial implements PartialBlob {
           this.pending.delete(i)
           if (getBit(this.held, i)) { clearBit(this.held, i); this.count-- }
         }
-        this.failed = err instanceof Error ? err : new Error(String(err))
-        throw this.failed
+        this.fail(err)
       }
       // Only now, with the bytes on disk, may the bitmap say so.
       for (const i of batch) {
@@ -238,10 +237,15 @@ export class OpenPartial implements PartialBlob {
       await fh.sync()
     } catch (err) {
       // As in flush: a retry on this handle could succeed with nothing on disk.
-      this.failed = err instanceof Error ? err : new Error(String(err))
-      throw this.failed
+      this.fail(err)
     }
     await this.host.promote(this.entry)
+  }
+
+  /** This transfer is done with (see `failed`). */
+  private fail (err: unknown): never {
+    this.failed = err instanceof Error ? err : new Error(String(err))
+    throw this.failed
   }
 
   /** [] if the file matches its digest, else the chunks to fetch again (see badChunks). */

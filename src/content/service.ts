@@ -14,6 +14,7 @@ import type { GroupService } from '../group/service.js'
 import type { StatusService, ContentHooks } from '../status/service.js'
 import type { ContentProgress } from '../wire/group.js'
 import type { ContentProgressView } from '../status/records.js'
+import { hostRow, reportedRow, type ContentItemView, type HostItemState, type ItemState } from './item-state.js'
 import { BadRequestError, EdgelinkError, errorMessage, NotFoundError } from '../errors.js'
 import { GroupStateError } from '../group/errors.js'
 import { Mutex } from '../util/mutex.js'
@@ -50,23 +51,7 @@ export interface ContentComponents {
   freeSpace?: () => Promise<number>
 }
 
-/** Per-host state of one item, as `content ls` shows it. */
-export type ItemState = 'complete' | 'syncing' | 'queued' | 'error'
-
-export interface HostItemState {
-  peerId: string
-  hostname: string
-  state: ItemState
-  have: number
-  total: number
-  percent: number
-  error?: string
-}
-
-export interface ContentItemView extends CatalogItemView {
-  hosts: HostItemState[]
-  complete: number
-}
+export type { ItemState, HostItemState, ContentItemView } from './item-state.js'
 
 interface LocalState { state: ItemState, error?: string }
 
@@ -385,20 +370,14 @@ export class ContentService implements ContentHooks, SyncServer {
   }
 
   private hostState (peer: string, hostname: string, item: CatalogItemView): HostItemState {
-    const total = Math.ceil(item.size / item.chunkSize)
-    if (peer === this.self) {
-      const s = this.localState(item)
-      return { peerId: peer, hostname, state: s.state, have: s.have, total: s.total, percent: pct(s.have, s.total), ...(s.error != null ? { error: s.error } : {}) }
-    }
+    if (peer === this.self) return hostRow(peer, hostname, this.localState(item))
     let p: ContentProgressView | undefined
     try {
       p = this.c.status.statusOf(peer).content.find(x => x.digest === item.digest)
     } catch {
       p = undefined
     }
-    if (p == null) return { peerId: peer, hostname, state: 'queued', have: 0, total, percent: 0 }
-    const state = (['complete', 'syncing', 'queued', 'error'].includes(p.state) ? p.state : 'queued') as ItemState
-    return { peerId: peer, hostname, state, have: p.have, total: p.total, percent: pct(p.have, p.total), ...(p.error !== '' ? { error: p.error } : {}) }
+    return reportedRow(peer, hostname, item, p)
   }
 
   private localState (item: CatalogItemView): { state: ItemState, have: number, total: number, error?: string } {
@@ -510,8 +489,4 @@ export class ContentService implements ContentHooks, SyncServer {
     const have = await this.blobs.available(item.digest).catch(() => 0)
     return new InsufficientSpaceError(need, have)
   }
-}
-
-function pct (have: number, total: number): number {
-  return total === 0 ? 100 : Math.floor(have * 100 / total)
 }

@@ -14,7 +14,7 @@ interface StoredGroup {
   roster: string // base64 SignedRoster
   key: { id: number, key: string } // base64
   savedAt: number
-  /** PeerIds this host saw removed from the group, newest last (absent before 0.x stores had it). */
+  /** PeerIds this host saw removed from the group, newest last (absent in stores written before it was kept). */
   former?: string[]
 }
 
